@@ -1,0 +1,72 @@
+/* sched: tasks (coroutines) on one libuv loop.
+ *
+ * A binding that must wait embeds a struct bm_wait in its request, calls
+ * sched_await() (which yields the calling coroutine), and later, from a libuv
+ * callback, pushes its results onto sched_wait_state() and calls
+ * sched_complete().  Only the scheduler calls lua_resume.  If the task is
+ * cancelled first, the binding's cancel callback runs instead and no
+ * completion may follow it. */
+#ifndef BOMARUN_SCHED_H
+#define BOMARUN_SCHED_H
+
+#include <lua.h>
+#include <uv.h>
+
+struct bm_task;
+
+struct bm_wait {
+    struct bm_task *task;
+    /* Stop the operation; after this the binding never calls complete. */
+    void (*cancel)(struct bm_wait *w);
+};
+
+void sched_init(lua_State *L, uv_loop_t *loop);
+uv_loop_t *sched_loop(void);
+lua_State *sched_main_state(void);
+
+/* The task being resumed right now, or NULL outside any task. */
+struct bm_task *sched_current(void);
+
+/* Raise unless L may wait here: inside a task, in a yieldable context, and
+ * not already cancelled.  `what` names the awaitable for the message. */
+void sched_check_await(lua_State *L, const char *what);
+
+/* Yield the current task until w completes; returns through a continuation
+ * with the completion's results (or raises the cancellation error). */
+int sched_await(lua_State *L, struct bm_wait *w);
+
+/* The state to push completion results onto before sched_complete. */
+lua_State *sched_wait_state(struct bm_wait *w);
+void sched_complete(struct bm_wait *w, int nres);
+
+/* Create a task running the function at the top of L's stack with nargs
+ * arguments below it... (function first, then args, as for lua_call).
+ * Pops them and pushes the task handle. */
+struct bm_task *sched_spawn(lua_State *L, int nargs, const char *name);
+
+/* Run the loop until the main task has finished and nothing else is live.
+ * Returns 0 when the main task ended without error. */
+int sched_run_main(lua_State *L, int nargs);
+
+/* Cancel a task (and its children) with a reason and a stable code. */
+void sched_cancel(struct bm_task *t, const char *reason, const char *code);
+struct bm_task *sched_main_task(void);
+
+/* Pushes the main task's results, as a table: {ok=, n=, ...}. */
+void sched_push_main_result(lua_State *L);
+
+int luaopen_bomarun__sched(lua_State *L);
+
+/* After the main task: run until quiescent or `ms` passed (1 if quiet). */
+int sched_drain(int ms);
+/* Mark that lua_close is about to run: handles free without unref. */
+void sched_close(void);
+
+/* Called by loop.c when SIGINT/SIGTERM arrives (from the loop, not the
+ * handler). */
+void sched_on_signal(int signum, int count);
+/* Set from the raw signal handler: lets the count hook stop a task that is
+ * spinning in Lua code and so never lets the loop run. */
+void sched_note_signal(void);
+
+#endif

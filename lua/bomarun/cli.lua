@@ -1,0 +1,203 @@
+--- The command line.  main(argv) runs as the main task and returns the
+--- process exit status.
+require "bomarun.boot"
+local host = require "bomarun._host"
+
+local M = {}
+
+M.EXIT_OK, M.EXIT_FAIL, M.EXIT_USAGE, M.EXIT_INTERRUPTED = 0, 1, 2, 130
+
+local HELP = [[
+usage: bomarun RUNBOOK.lua [options]      run a runbook
+       bomarun plan RUNBOOK.lua [options]  show what it would do; run nothing
+       bomarun report RUN_DIR              rebuild a run's reports from its journal
+       bomarun SCRIPT.lua [args...]        run any Lua script inside the host
+       bomarun -e CODE [args...]           run a chunk of Lua inside the host
+       bomarun --version | --help
+
+Runbook options:
+  --plan              show phases, steps, gates, acceptance items and
+                      mutations without running any step body
+  --profile NAME      site constants: profiles/NAME.lua or a path
+                      (default: the runbook's `profile`, else none)
+  --set KEY=VALUE     override a profile constant (repeatable)
+  --only STEP         run only this step or acceptance item (repeatable)
+  --from STEP         start at this step; earlier ones are skipped
+  --resume RUN_DIR    re-run a failed run, skipping steps that passed and
+                      restoring what they captured
+  --keep              do not run cleanups on failure or interrupt
+  --run-dir DIR       where run directories go (default ./runs, or
+                      $BOMARUN_RUN_DIR)
+  --strict            OUTSTANDING acceptance items fail the run
+  --no-color          no colour even on a terminal (so does NO_COLOR=1)
+
+Exit status: 0 every gate passed (DEFERRED allowed); 1 a gate, check,
+step or acceptance item failed; 2 usage or runbook error (bad option,
+syntax error, missing profile constant); 130 interrupted (SIGINT/SIGTERM:
+tasks cancelled, cleanups run, reports written).
+
+Each run writes RUN_DIR/events.jsonl (the journal), steps/*.log,
+report.json, junit.xml and summary.txt.  Docs: docs/runbooks.md.
+]]
+
+local function usage_error(msg)
+  io.stderr:write("bomarun: " .. msg .. "\n(see bomarun --help)\n")
+  return M.EXIT_USAGE
+end
+
+--- Parse runbook options from args[first..].
+---@return table|nil opts, string|nil err
+function M.parse_runbook_options(args, first)
+  local o = {set = {}, only = {}}
+  local i = first or 1
+  local function value(name)
+    i = i + 1
+    local v = args[i]
+    if v == nil then error({usage = name .. " needs a value"}) end
+    return v
+  end
+  local ok, err = pcall(function()
+    while i <= #args do
+      local a = args[i]
+      local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+      if name then
+        a = name
+        table.insert(args, i + 1, inline)
+      end
+      if a == "--plan" then o.plan = true
+      elseif a == "--profile" then o.profile = value(a)
+      elseif a == "--set" then
+        local kv = value(a)
+        local k, v = kv:match("^([%w_.%-]+)=(.*)$")
+        if not k then error({usage = "--set expects KEY=VALUE, got '" .. kv .. "'"}) end
+        o.set[#o.set + 1] = {k, v}
+      elseif a == "--only" then o.only[#o.only + 1] = value(a)
+      elseif a == "--from" then o.from = value(a)
+      elseif a == "--resume" then o.resume = value(a)
+      elseif a == "--keep" then o.keep = true
+      elseif a == "--run-dir" then o.run_dir = value(a)
+      elseif a == "--strict" then o.strict = true
+      elseif a == "--no-color" or a == "--no-colour" then o.no_color = true
+      else error({usage = "unknown option '" .. a .. "'"}) end
+      i = i + 1
+    end
+  end)
+  if not ok then
+    if type(err) == "table" and err.usage then return nil, err.usage end
+    error(err, 0)
+  end
+  return o
+end
+
+local function is_runbook(v)
+  return type(v) == "table" and getmetatable(v) and getmetatable(v).__name == "bomarun.runbook"
+end
+
+local function load_file(path)
+  local chunk, err = loadfile(path)
+  if not chunk then
+    local f = io.open(path, "r")
+    if not f then
+      return nil, "cannot open " .. path .. ": no such file or not readable"
+    end
+    f:close()
+    return nil, err
+  end
+  return chunk
+end
+
+local function run_runbook_value(rb, args, first, forced_plan)
+  local opts, err = M.parse_runbook_options(args, first)
+  if not opts then return usage_error(err) end
+  if forced_plan then opts.plan = true end
+  local runner = require "bomarun.runner"
+  return runner.main(rb, opts)
+end
+
+local function script_error(err)
+  local code = require("bomarun.task").cancel_code(err)
+  if code == "INTERRUPTED" then
+    io.stderr:write("bomarun: " .. tostring(err) .. "\n")
+    return M.EXIT_INTERRUPTED
+  end
+  if type(err) == "table" and err.runbook_error then
+    io.stderr:write("bomarun: " .. tostring(err.message) .. "\n")
+    return M.EXIT_USAGE
+  end
+  local msg = type(err) == "table" and (err.message or tostring(err)) or tostring(err)
+  if type(err) == "table" and err.traceback then msg = msg .. "\n" .. err.traceback end
+  io.stderr:write("bomarun: " .. require("bomarun.secret").redact(msg) .. "\n")
+  return M.EXIT_FAIL
+end
+
+-- Run FILE: a runbook (the chunk returns one) or any script.
+local function run_file(path, args, first, forced_plan)
+  local chunk, err = load_file(path)
+  if not chunk then
+    io.stderr:write("bomarun: " .. err .. "\n")
+    return M.EXIT_USAGE
+  end
+  local script_args = {[0] = path}
+  for k = first, #args do script_args[#script_args + 1] = args[k] end
+  _G.arg = script_args
+  local r = table.pack(xpcall(chunk, function(e)
+    if type(e) == "string" then return debug.traceback(e, 2) end
+    return e
+  end, table.unpack(script_args, 1, #script_args)))
+  if not r[1] then return script_error(r[2]) end
+  if is_runbook(r[2]) then
+    r[2].source = r[2].source or path
+    return run_runbook_value(r[2], args, first, forced_plan)
+  end
+  if forced_plan then
+    return usage_error(path .. " did not return a runbook (plan needs one)")
+  end
+  if math.type(r[2]) == "integer" then return r[2] end
+  return M.EXIT_OK
+end
+
+function M.main(args)
+  local a = args[1]
+  if a == nil or a == "--help" or a == "-h" or a == "help" then
+    io.stdout:write(HELP)
+    return a == nil and M.EXIT_USAGE or M.EXIT_OK
+  end
+  if a == "--version" or a == "-V" then
+    io.stdout:write("bomarun " .. host.version .. " (" .. _VERSION .. ")\n")
+    return M.EXIT_OK
+  end
+  if a == "-e" then
+    local code = args[2]
+    if not code then return usage_error("-e needs a chunk of Lua") end
+    local chunk, err = load(code, "=(command line)")
+    if not chunk then
+      io.stderr:write("bomarun: " .. err .. "\n")
+      return M.EXIT_USAGE
+    end
+    local rest = {[0] = "-e"}
+    for k = 3, #args do rest[#rest + 1] = args[k] end
+    _G.arg = rest
+    local ok, e = xpcall(chunk, function(x)
+      if type(x) == "string" then return debug.traceback(x, 2) end
+      return x
+    end, table.unpack(rest, 1, #rest))
+    if not ok then return script_error(e) end
+    return M.EXIT_OK
+  end
+  if a == "report" then
+    if not args[2] then return usage_error("report needs a run directory") end
+    return require("bomarun.report").cli(args[2])
+  end
+  if a == "plan" then
+    if not args[2] then return usage_error("plan needs a runbook file") end
+    return run_file(args[2], args, 3, true)
+  end
+  if a == "--plan" then
+    if not args[2] then return usage_error("--plan needs a runbook file") end
+    return run_file(args[2], args, 3, true)
+  end
+  if a:sub(1, 1) == "-" then return usage_error("unknown option '" .. a .. "'") end
+  return run_file(a, args, 2, false)
+end
+
+return M

@@ -1,0 +1,174 @@
+--- Tasks: coroutines on one event loop.
+---
+--- Every awaitable (task.sleep, proc.run, t:wait, ...) must be called from a
+--- task: a runbook body, a script run by `bomarun FILE`, or a function given
+--- to task.spawn.  A task that finishes cancels the children it leaves
+--- running, so nothing outlives the code that started it.
+local sched = require "bomarun._sched"
+
+local M = {}
+
+---@class bomarun.Task
+---@field wait fun(self: bomarun.Task, timeout?: number): boolean|nil, ...
+---@field cancel fun(self: bomarun.Task, reason?: string, code?: string)
+---@field status fun(self: bomarun.Task): string
+---@field id fun(self: bomarun.Task): integer
+---@field name fun(self: bomarun.Task): string
+---@field parent fun(self: bomarun.Task): bomarun.Task|nil
+---@field locals fun(self: bomarun.Task): table
+---@field set_deadline fun(self: bomarun.Task, seconds: number)
+
+--- Start fn(...) as a new task, a child of the current one.
+---@param fn function
+---@return bomarun.Task
+function M.spawn(fn, ...)
+  return sched.spawn(fn, ...)
+end
+
+--- Start fn(...) as a named task (the name shows in errors and reports).
+---@param name string
+---@param fn function
+---@return bomarun.Task
+function M.spawn_named(name, fn, ...)
+  return sched.spawn_named(name, fn, ...)
+end
+
+--- Wait for `seconds` without blocking other tasks.
+---@param seconds number
+function M.sleep(seconds)
+  return sched.sleep(seconds)
+end
+
+--- Let every other ready task run, then continue.
+function M.yield()
+  return sched.yield()
+end
+
+--- The running task, or nil outside any task.
+---@return bomarun.Task|nil
+function M.current()
+  return sched.current()
+end
+
+--- Monotonic clock in seconds.
+---@return number
+function M.now()
+  return sched.now()
+end
+
+--- The code of a cancellation error ("CANCELLED", "TIMEOUT",
+--- "INTERRUPTED"), or nil if err is not one.
+---@param err any
+---@return string|nil
+function M.cancel_code(err)
+  return sched.cancel_code(err)
+end
+
+--- Look `key` up in the task-local storage of the current task and its
+--- ancestors (the runbook runner keeps the current step there).
+---@param key string
+---@return any
+function M.context(key)
+  local t = sched.current()
+  while t do
+    local v = t:locals()[key]
+    if v ~= nil then return v end
+    t = t:parent()
+  end
+  return nil
+end
+
+local function describe(err)
+  if type(err) == "table" and getmetatable(err) and getmetatable(err).__tostring then
+    return tostring(err)
+  end
+  return tostring(err)
+end
+
+--- Run fn(...) bounded by `seconds`.  Returns fn's results, or
+--- nil, message, "TIMEOUT" when the time ran out (fn's task is cancelled:
+--- its subprocesses are killed, its waits end).  Errors in fn propagate.
+---@param seconds number
+---@param fn function
+---@return any
+function M.timeout(seconds, fn, ...)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("task.timeout: seconds must be a number >= 0", 2)
+  end
+  local child = sched.spawn_named("timeout", fn, ...)
+  child:set_deadline(seconds)
+  local r = table.pack(child:wait(seconds))
+  if r[1] == nil and r[3] == "TIMEOUT" then
+    child:cancel(string.format("timed out after %g s", seconds), "TIMEOUT")
+    return nil, string.format("timed out after %g s", seconds), "TIMEOUT"
+  end
+  if r[1] == false then
+    if sched.cancel_code(r[2]) == "TIMEOUT" then
+      return nil, string.format("timed out after %g s: %s", seconds, describe(r[2])), "TIMEOUT"
+    end
+    error(r[2], 0)
+  end
+  return table.unpack(r, 2, r.n)
+end
+
+--- Run functions concurrently and return their first results, in order.
+--- opts.limit bounds how many run at once.  If one fails, the others are
+--- cancelled and the error is raised, naming which function failed; with
+--- opts.settle = true every function runs to the end and each result is
+--- {ok = boolean, value = ..., error = ...} instead.
+---@param fns function[]
+---@param opts? {limit?: integer, settle?: boolean}
+---@return any[]
+function M.parallel(fns, opts)
+  opts = opts or {}
+  local n = #fns
+  local limit = opts.limit or n
+  if type(limit) ~= "number" or limit < 1 then
+    error("task.parallel: limit must be a number >= 1", 2)
+  end
+  if not sched.current() then error("task.parallel must be called from a task", 2) end
+  local results, workers = {}, {}
+  local next_i, failure = 1, nil
+
+  local function traceback(e)
+    if type(e) == "string" then return debug.traceback(e, 2) end
+    return e
+  end
+  -- A pool of `limit` workers, each taking the next function in turn.
+  local function worker()
+    while not failure and next_i <= n do
+      local i = next_i
+      next_i = next_i + 1
+      local ok, v = xpcall(fns[i], traceback)
+      if opts.settle then
+        results[i] = ok and {ok = true, value = v} or {ok = false, error = v}
+      elseif ok then
+        results[i] = v
+      elseif not failure then
+        failure = {index = i, err = v}
+        local me = sched.current()
+        for _, w in ipairs(workers) do
+          if w ~= me then w:cancel("another function in task.parallel failed") end
+        end
+      end
+    end
+  end
+  for w = 1, math.min(limit, n) do
+    workers[w] = sched.spawn_named("parallel", worker)
+  end
+  for w = 1, #workers do
+    local ok, err = workers[w]:wait()
+    if not ok and not failure and not sched.cancel_code(err) then
+      failure = {index = 0, err = err}
+    end
+  end
+  if failure then
+    if type(failure.err) == "string" then
+      error(string.format("task.parallel: function #%d failed: %s", failure.index, failure.err), 0)
+    end
+    error(failure.err, 0)
+  end
+  return results
+end
+
+return M
