@@ -1,7 +1,7 @@
 /*
  * mod_json.c - the bomarun._json Lua module: JSON <-> Lua values over jansson.
  *
- * Mapping (decode and encode are inverse on everything decode produces):
+ * Mapping (encode(decode(text)) gives back an equal document):
  *   object   <-> table with metatable object_mt (registry "bomarun.json.object")
  *   array    <-> table with metatable array_mt  (registry "bomarun.json.array")
  *   string   <-> string (must be valid UTF-8 when encoding; NUL bytes allowed)
@@ -20,8 +20,6 @@
  * that is to-be-closed and has __gc, so a Lua error raised half way through
  * a conversion (bad value, out of memory) cannot leak it.
  */
-#define _POSIX_C_SOURCE 200809L
-
 #include "mod_json.h"
 
 #include <jansson.h>
@@ -54,6 +52,23 @@
 /* Only the address matters: it is the identity of json.null. */
 static char null_sentinel;
 #define NULL_SENTINEL ((void *)&null_sentinel)
+
+/*
+ * Raise "json: <message>" without luaL_error's position prefix: that would
+ * name the bomarun.json wrapper rather than the caller, and the encoder's
+ * path errors use the same plain form.
+ */
+static int raise_error(lua_State *L, const char *fmt, ...)
+{
+    va_list ap;
+
+    lua_pushliteral(L, "json: ");
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
 
 /* ------------------------------------------------------------------ */
 /* Box: owner of jansson memory while Lua code may still longjmp out. */
@@ -105,13 +120,13 @@ static void check_option_names(lua_State *L, int idx, const char *const names[])
     while (lua_next(L, idx) != 0) {
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "json: option names must be strings");
+            raise_error(L, "option names must be strings");
         const char *key = lua_tostring(L, -1);
         int known = 0;
         for (int i = 0; names[i] != NULL && !known; i++)
             known = strcmp(key, names[i]) == 0;
         if (!known)
-            luaL_error(L, "json: unknown option '%s'", key);
+            raise_error(L, "unknown option '%s'", key);
     }
 }
 
@@ -136,8 +151,8 @@ static int int_option(lua_State *L, int idx, const char *name, int lo, int hi,
         int isint;
         lua_Integer n = lua_tointegerx(L, -1, &isint);
         if (!isint || n < lo || n > hi)
-            luaL_error(L, "json: option '%s' must be an integer from %d to %d",
-                       name, lo, hi);
+            raise_error(L, "option '%s' must be an integer from %d to %d", name,
+                        lo, hi);
         value = (int)n;
     }
     lua_pop(L, 1);
@@ -262,6 +277,12 @@ static int l_json_decode(lua_State *L)
     /* loadb, not loads: the text may contain NUL bytes. */
     box->root = json_loadb(text, len, flags, &err);
     if (box->root == NULL) {
+        /*
+         * Running out of memory is not a property of the input.  jansson
+         * leaves the text empty when it fails to allocate its lexer.
+         */
+        if (json_error_code(&err) == json_error_out_of_memory || err.text[0] == '\0')
+            return raise_error(L, "out of memory");
         lua_pushnil(L);
         lua_pushfstring(L, "json: %d:%d: %s", err.line, err.column, err.text);
         lua_pushliteral(L, "JSON");
@@ -481,6 +502,7 @@ struct key_scan {
     lua_Integer strs;  /* string keys */
     lua_Integer max;   /* largest integer key */
     int nonpositive;   /* some integer key is < 1 */
+    int bad_utf8;      /* some string key is not valid UTF-8 */
     int bad_type;      /* type of the first non-string non-integer key */
     int bad_float;     /* ...and whether it was a float */
 };
@@ -499,7 +521,10 @@ static void scan_keys(lua_State *L, int idx, struct key_scan *scan)
             if (k > scan->max)
                 scan->max = k;
         } else if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t len;
+            const char *key = lua_tolstring(L, -1, &len); /* no conversion: a string */
             scan->strs++;
+            scan->bad_utf8 |= !utf8_valid(key, len);
         } else if (scan->bad_type == LUA_TNONE) {
             scan->bad_type = lua_type(L, -1);
             scan->bad_float = scan->bad_type == LUA_TNUMBER;
@@ -525,6 +550,8 @@ static int table_is_array(struct encoder *e, int idx)
         encode_error(e, "cannot use a non-integer number as a key");
     if (scan.bad_type != LUA_TNONE)
         encode_error(e, "cannot use a %s as a key", lua_typename(L, scan.bad_type));
+    if (scan.bad_utf8) /* checked here so the error names the object */
+        encode_error(e, "invalid UTF-8 in object key");
     if (mark == MARK_ARRAY) {
         if (scan.strs > 0)
             encode_error(e, "array has a string key");
@@ -635,11 +662,8 @@ static void fill_object(struct encoder *e, int idx, json_t *object)
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         size_t len;
-        const char *key = lua_tolstring(L, -2, &len); /* a string: checked by scan */
-        if (!utf8_valid(key, len)) {
-            e->depth--; /* blame the object, not an unprintable key */
-            encode_error(e, "invalid UTF-8 in object key");
-        }
+        /* A valid UTF-8 string: table_is_array checked every key. */
+        const char *key = lua_tolstring(L, -2, &len);
         set_path_key(e, -2);
         add_child(e, object, key, len);
         lua_pop(L, 1);
@@ -689,7 +713,7 @@ static int l_json_encode(lua_State *L)
         flags |= JSON_REAL_PRECISION(e.precision);
     box->text = json_dumps(box->root, flags);
     if (box->text == NULL)
-        return luaL_error(L, "json: out of memory");
+        return raise_error(L, "out of memory");
     lua_pushstring(L, box->text);
     box_clear(box);
     return 1;

@@ -1,0 +1,69 @@
+--- The event journal: events.jsonl, one JSON object per line, written and
+--- flushed as each event happens, so a kill -9 loses at most the event being
+--- written.  Every string is redacted before it is encoded.
+local json = require "bomarun.json"
+local host = require "bomarun._host"
+local secret = require "bomarun.secret"
+
+local M = {}
+M.__index = M
+
+--- Open (append) the journal in run directory `dir`.
+function M.open(dir)
+  local path = dir .. "/events.jsonl"
+  local f, err = io.open(path, "a")
+  if not f then return nil, "journal: cannot open " .. path .. ": " .. tostring(err) end
+  f:setvbuf("no")
+  return setmetatable({f = f, path = path, seq = 0, events = {}}, M)
+end
+
+--- A journal that only keeps events in memory (plan mode, tests).
+function M.memory()
+  return setmetatable({seq = 0, events = {}}, M)
+end
+
+--- Append an event {type = ..., ...}; `t` (wall time) and `seq` are added.
+function M:emit(ev)
+  self.seq = self.seq + 1
+  ev.seq = self.seq
+  ev.t = ev.t or host.time()
+  ev = secret.redact_deep(ev)
+  self.events[#self.events + 1] = ev
+  if self.f then
+    local ok, line = pcall(json.encode, ev)
+    if not ok then
+      line = json.encode({type = "journal_error", seq = ev.seq, t = ev.t,
+                          error = "could not encode a " .. tostring(ev.type) .. " event: " .. tostring(line)})
+    end
+    self.f:write(secret.redact(line), "\n")
+  end
+  return ev
+end
+
+function M:close()
+  if self.f then self.f:close() self.f = nil end
+end
+
+--- Read every event of a journal file.  A torn last line (the process was
+--- killed while writing it) is skipped and reported.
+---@return table[]|nil events, string|nil err, string[] warnings
+function M.read(path)
+  local f, err = io.open(path, "r")
+  if not f then return nil, "journal: cannot read " .. path .. ": " .. tostring(err), {} end
+  local events, warnings, n = {}, {}, 0
+  for line in f:lines() do
+    n = n + 1
+    if line ~= "" then
+      local ev, jerr = json.decode(line)
+      if type(ev) == "table" then
+        events[#events + 1] = ev
+      else
+        warnings[#warnings + 1] = string.format("%s:%d: skipped an unreadable event (%s)", path, n, tostring(jerr))
+      end
+    end
+  end
+  f:close()
+  return events, nil, warnings
+end
+
+return M

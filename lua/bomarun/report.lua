@@ -1,0 +1,388 @@
+--- Reports, built from the event journal alone: the runner and
+--- `bomarun report RUN_DIR` use the same code, so a report rebuilt after a
+--- kill -9 says everything the journal knew.
+local json = require "bomarun.json"
+local journal = require "bomarun.journal"
+
+local M = {}
+
+local FAILING = {FAIL = true, INTERRUPTED = true}
+
+local function new_entry(kind, d, phase, bar)
+  return {kind = kind, id = d.id, title = d.title, phase = phase, bar = bar,
+          mutation = d.mutation, status = "NOT_RUN", gates = {}, checks = {},
+          outstanding = d.outstanding, deferred = d.deferred}
+end
+
+local function init_plan(m, plan)
+  for _, u in ipairs(plan or {}) do
+    if u.kind == "step" then
+      local e = new_entry("step", u, u.phase)
+      m.entries[#m.entries + 1] = e
+      m.by_id[u.id] = e
+    else
+      local bar = {id = u.id, title = u.title, phase = u.phase, items = {}}
+      m.bars[#m.bars + 1] = bar
+      for _, it in ipairs(u.items or {}) do
+        local e = new_entry("item", it, u.phase, u.id)
+        m.entries[#m.entries + 1] = e
+        m.by_id[it.id] = e
+        bar.items[#bar.items + 1] = e
+      end
+    end
+  end
+end
+
+local handlers = {}
+
+function handlers.run_start(m, ev)
+  m.runbook = ev.runbook
+  m.run = {id = ev.run_id, dir = ev.dir, profile = ev.profile, profile_path = ev.profile_path,
+           started = ev.t, host = ev.host, options = ev.options, resumed_from = ev.resumed_from,
+           strict = ev.strict}
+  init_plan(m, ev.plan)
+end
+
+function handlers.step_start(m, ev)
+  local e = m.by_id[ev.id]
+  if e then e.status = "RUNNING"; e.started = ev.t end
+end
+
+local function record(list_name)
+  return function(m, ev)
+    local e = m.by_id[ev.step]
+    if e then
+      local l = e[list_name]
+      l[#l + 1] = {ok = ev.ok, message = ev.message, where = ev.where, t = ev.t}
+    end
+  end
+end
+handlers.gate = record("gates")
+handlers.check = record("checks")
+
+function handlers.poll(m, ev)
+  local e = m.by_id[ev.step]
+  if e then e.poll = {what = ev.what, attempt = ev.attempt, elapsed = ev.elapsed, value = ev.value, outcome = ev.outcome} end
+end
+
+function handlers.capture(m, ev)
+  m.captures[ev.key] = ev.value
+  m.capture_order[#m.capture_order + 1] = ev.key
+end
+
+function handlers.cleanup_registered(m, ev)
+  m.cleanups[ev.index] = {index = ev.index, step = ev.step, description = ev.description, status = "PENDING"}
+end
+
+function handlers.cleanup_end(m, ev)
+  local c = m.cleanups[ev.index]
+  if c then c.status = ev.status; c.error = ev.error; c.duration = ev.duration end
+end
+
+function handlers.step_end(m, ev)
+  local e = m.by_id[ev.id]
+  if not e then return end
+  e.status = ev.status
+  e.duration = ev.duration
+  e.reason = ev.reason
+  e.error = ev.error
+  e.deferred = ev.deferred or e.deferred
+  e.outstanding = ev.outstanding or e.outstanding
+  e.log = ev.log
+  e.resumed = ev.resumed
+end
+
+function handlers.interrupted(m, ev)
+  m.interrupted = ev.signal or "interrupt"
+end
+
+function handlers.run_end(m, ev)
+  m.complete = true
+  m.status = ev.status
+  m.exit_code = ev.exit_code
+  m.finished = ev.t
+  m.duration = ev.duration
+end
+
+--- Compute the exit status the entries stand for.
+function M.exit_code(m)
+  if m.interrupted then return 130 end
+  for _, e in ipairs(m.entries) do
+    if FAILING[e.status] then return 1 end
+    if e.status == "OUTSTANDING" and m.run.strict then return 1 end
+  end
+  for _, c in ipairs(m.cleanups) do
+    if c.status == "FAILED" then return 1 end
+  end
+  if m.aborted then return 1 end
+  return 0
+end
+
+--- Build the report model from a list of events.
+function M.build(events, warnings)
+  local m = {entries = {}, by_id = {}, bars = {}, cleanups = {}, captures = {}, capture_order = {},
+             run = {}, runbook = {}, warnings = warnings or {}, complete = false}
+  for _, ev in ipairs(events) do
+    local h = handlers[ev.type]
+    if h then h(m, ev) end
+    if ev.type == "step_end" and ev.aborts then m.aborted = ev.id end
+  end
+  local last = events[#events]
+  if not m.complete then
+    m.warnings[#m.warnings + 1] = "the journal has no run_end event: the run was killed or crashed; " ..
+      "this report is rebuilt from the events it did record"
+    for _, e in ipairs(m.entries) do
+      if e.status == "RUNNING" then
+        e.status = "INTERRUPTED"
+        e.reason = "the run ended while this was running"
+      end
+    end
+    m.status = "INCOMPLETE"
+    m.finished = last and last.t
+    m.duration = m.run.started and last and (last.t - m.run.started) or nil
+    m.exit_code = M.exit_code(m)
+    if m.exit_code == 0 then m.exit_code = 1 end
+  end
+  m.counts = {}
+  for _, e in ipairs(m.entries) do
+    m.counts[e.status] = (m.counts[e.status] or 0) + 1
+  end
+  return m
+end
+
+--- Build the model from a run directory's journal.
+function M.load(dir)
+  local events, err, warnings = journal.read(dir .. "/events.jsonl")
+  if not events then return nil, err end
+  if #events == 0 or events[1].type ~= "run_start" then
+    return nil, "report: " .. dir .. "/events.jsonl does not start with a run_start event"
+  end
+  return M.build(events, warnings)
+end
+
+-- Rendering -------------------------------------------------------------
+
+local function fmt_duration(d)
+  if not d then return "" end
+  if d < 60 then return string.format("%.2fs", d) end
+  return string.format("%dm%02ds", math.floor(d / 60), math.floor(d % 60))
+end
+M.fmt_duration = fmt_duration
+
+local function iso(t)
+  if not t then return "?" end
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
+local function first_line(s)
+  if type(s) ~= "string" then return s end
+  return s:match("^[^\n]*")
+end
+M.first_line = first_line
+
+local function deferred_text(d)
+  if type(d) ~= "table" then return tostring(d) end
+  if d.decision then return d.decision .. ": " .. (d.reason or "") end
+  return d.reason or ""
+end
+M.deferred_text = deferred_text
+
+local function verdict(m)
+  if m.status == "INCOMPLETE" then return "INCOMPLETE (killed; rebuilt from the journal)" end
+  if m.interrupted then return "INTERRUPTED" end
+  if m.exit_code == 0 then return "PASSED" end
+  return "FAILED"
+end
+M.verdict = verdict
+
+--- The acceptance summary an operator pastes into a ticket.
+function M.summary_text(m)
+  local out = {}
+  local function add(s) out[#out + 1] = s end
+  local rb = m.runbook or {}
+  add(string.format("%s -- %s: %s (exit %d)", rb.id or "?", rb.title or "", verdict(m), m.exit_code or 1))
+  add(string.format("Run %s on %s, started %s, took %s%s", m.run.id or "?", m.run.host or "?",
+      iso(m.run.started), fmt_duration(m.duration), m.run.profile and (", profile " .. m.run.profile) or ""))
+  if rb.decisions and #rb.decisions > 0 then add("Decisions: " .. table.concat(rb.decisions, ", ")) end
+  if m.run.resumed_from then add("Resumed from " .. m.run.resumed_from) end
+  add("")
+  local phase
+  add("Steps:")
+  for _, e in ipairs(m.entries) do
+    if e.kind == "step" then
+      if e.phase ~= phase and e.phase then add("  [" .. e.phase .. "]") end
+      phase = e.phase
+      local line = string.format("  %-8s %-12s %s%s", e.id, e.status, e.title, e.mutation and " (mutation)" or "")
+      if e.duration and e.status ~= "NOT_RUN" then line = line .. "  " .. fmt_duration(e.duration) end
+      add(line)
+      if e.reason and e.status ~= "PASS" then add("           " .. first_line(e.reason)) end
+      for _, c in ipairs(e.checks) do
+        if not c.ok then add("           check failed: " .. tostring(c.message)) end
+      end
+    end
+  end
+  for _, bar in ipairs(m.bars) do
+    add("")
+    add(string.format("ACCEPTANCE %s -- %s:", bar.id, bar.title))
+    local n = {}
+    for _, e in ipairs(bar.items) do
+      n[e.status] = (n[e.status] or 0) + 1
+      local note = ""
+      if e.status == "DEFERRED" then note = " -- " .. deferred_text(e.deferred)
+      elseif e.status == "OUTSTANDING" then note = " -- " .. tostring(e.outstanding)
+      elseif e.reason and e.status ~= "PASS" then note = " -- " .. first_line(e.reason) end
+      add(string.format("  %-10s %-12s %s%s", e.id, e.status, e.title, note))
+    end
+    local parts = {}
+    for _, s in ipairs({"PASS", "FAIL", "DEFERRED", "OUTSTANDING", "NOT_RUN", "SKIPPED", "INTERRUPTED"}) do
+      if n[s] then parts[#parts + 1] = n[s] .. " " .. s end
+    end
+    local accepted = not n.FAIL and not n.INTERRUPTED and not n.NOT_RUN and not n.SKIPPED
+    add(string.format("  => %s (%s)", accepted and (n.OUTSTANDING and "ACCEPTED with outstanding items" or "ACCEPTED")
+        or "NOT ACCEPTED", table.concat(parts, ", ")))
+  end
+  local left = {}
+  for _, c in ipairs(m.cleanups) do
+    if c.status ~= "DONE" then left[#left + 1] = c end
+  end
+  if #left > 0 then
+    add("")
+    add("Resources still in place (cleanup ledger; cleanups run only when a run fails or is interrupted):")
+    for _, c in ipairs(left) do
+      local status = c.status == "PENDING" and "IN_PLACE" or c.status
+      add(string.format("  %-10s %s (registered by %s)%s", status, c.description, c.step,
+          c.error and (": " .. first_line(c.error)) or ""))
+    end
+  end
+  if #m.capture_order > 0 then
+    add("")
+    add("Captured:")
+    local seen = {}
+    for _, k in ipairs(m.capture_order) do
+      if not seen[k] then
+        seen[k] = true
+        local v = m.captures[k]
+        add(string.format("  %s = %s", k, type(v) == "table" and json.encode(v) or tostring(v)))
+      end
+    end
+  end
+  for _, w in ipairs(m.warnings) do add("WARNING: " .. w) end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function xml(s)
+  s = tostring(s or "")
+  s = s:gsub("[%z\1-\8\11\12\14-\31]", "")
+  return (s:gsub("[&<>\"']", {["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;"}))
+end
+
+--- JUnit XML: a testcase per step, gate and acceptance item.  DEFERRED and
+--- OUTSTANDING are skipped testcases carrying their reason.
+function M.junit_text(m)
+  local cases, failures, errors, skipped = {}, 0, 0, 0
+  local rbid = (m.runbook and m.runbook.id) or "runbook"
+  local function case(classname, name, time, body)
+    cases[#cases + 1] = string.format('    <testcase classname="%s" name="%s" time="%.3f">%s</testcase>',
+      xml(classname), xml(name), time or 0, body or "")
+  end
+  for _, e in ipairs(m.entries) do
+    local body
+    local reason = e.reason or ""
+    if e.status == "FAIL" then
+      failures = failures + 1
+      local detail = {}
+      for _, c in ipairs(e.checks) do if not c.ok then detail[#detail + 1] = "check failed: " .. tostring(c.message) end end
+      if e.error then detail[#detail + 1] = e.error end
+      body = string.format('<failure message="%s">%s</failure>', xml(first_line(reason)), xml(table.concat(detail, "\n")))
+    elseif e.status == "INTERRUPTED" then
+      errors = errors + 1
+      body = string.format('<error message="%s"/>', xml(reason ~= "" and reason or "interrupted"))
+    elseif e.status == "DEFERRED" then
+      skipped = skipped + 1
+      body = string.format('<skipped message="%s"/>', xml("DEFERRED: " .. deferred_text(e.deferred)))
+    elseif e.status == "OUTSTANDING" then
+      skipped = skipped + 1
+      body = string.format('<skipped message="%s"/>', xml("OUTSTANDING: " .. tostring(e.outstanding)))
+    elseif e.status == "SKIPPED" or e.status == "NOT_RUN" then
+      skipped = skipped + 1
+      body = string.format('<skipped message="%s"/>', xml(e.status .. (reason ~= "" and (": " .. reason) or "")))
+    end
+    local cls = rbid .. "." .. (e.bar or e.phase or "steps")
+    case(cls, e.id .. " " .. e.title, e.duration, body)
+    for k, g in ipairs(e.gates) do
+      local gbody
+      if not g.ok then
+        failures = failures + 1
+        gbody = string.format('<failure message="%s"/>', xml("gate failed: " .. tostring(g.message)))
+      end
+      case(rbid .. "." .. e.id, string.format("gate %d: %s", k, tostring(g.message)), 0, gbody)
+    end
+  end
+  local out = {
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    string.format('<testsuites name="bomarun" tests="%d" failures="%d" errors="%d" skipped="%d" time="%.3f">',
+      #cases, failures, errors, skipped, m.duration or 0),
+    string.format('  <testsuite name="%s" tests="%d" failures="%d" errors="%d" skipped="%d" time="%.3f" timestamp="%s">',
+      xml(rbid .. ": " .. ((m.runbook and m.runbook.title) or "")), #cases, failures, errors, skipped,
+      m.duration or 0, iso(m.run.started)),
+  }
+  for _, c in ipairs(cases) do out[#out + 1] = c end
+  out[#out + 1] = "  </testsuite>"
+  out[#out + 1] = "</testsuites>"
+  return table.concat(out, "\n") .. "\n"
+end
+
+--- The JSON report.
+function M.json_text(m)
+  local entries = {}
+  for _, e in ipairs(m.entries) do
+    entries[#entries + 1] = {kind = e.kind, id = e.id, title = e.title, phase = e.phase, bar = e.bar,
+      mutation = e.mutation, status = e.status, duration = e.duration, reason = e.reason, error = e.error,
+      gates = json.array(e.gates), checks = json.array(e.checks), deferred = e.deferred,
+      outstanding = e.outstanding, poll = e.poll, log = e.log, resumed = e.resumed}
+  end
+  local cleanups = {}
+  for _, c in ipairs(m.cleanups) do cleanups[#cleanups + 1] = c end
+  return json.encode({
+    runbook = m.runbook, run = m.run, status = verdict(m), exit_code = m.exit_code,
+    complete = m.complete, interrupted = m.interrupted, duration = m.duration,
+    counts = m.counts, entries = json.array(entries), cleanups = json.array(cleanups),
+    captures = json.object(m.captures), warnings = json.array(m.warnings),
+  }, {indent = 2}) .. "\n"
+end
+
+local function write(path, text)
+  local f, err = io.open(path, "w")
+  if not f then return nil, "report: cannot write " .. path .. ": " .. tostring(err) end
+  f:write(text)
+  f:close()
+  return true
+end
+
+--- Write report.json, junit.xml and summary.txt into dir.
+function M.write_all(dir, m)
+  local ok, err = write(dir .. "/report.json", M.json_text(m))
+  if ok then ok, err = write(dir .. "/junit.xml", M.junit_text(m)) end
+  if ok then ok, err = write(dir .. "/summary.txt", M.summary_text(m)) end
+  return ok, err
+end
+
+--- `bomarun report RUN_DIR`: rebuild every report from events.jsonl.
+function M.cli(dir)
+  dir = dir:gsub("/+$", "")
+  local m, err = M.load(dir)
+  if not m then
+    io.stderr:write("bomarun: " .. err .. "\n")
+    return 2
+  end
+  local ok, werr = M.write_all(dir, m)
+  if not ok then
+    io.stderr:write("bomarun: " .. werr .. "\n")
+    return 2
+  end
+  io.stdout:write(M.summary_text(m))
+  io.stdout:write("reports rebuilt from the journal: " .. dir .. "/{report.json,junit.xml,summary.txt}\n")
+  return m.exit_code or 1
+end
+
+return M
