@@ -195,7 +195,7 @@ local function load_profile(rb, opts)
       name = nil
     else
       for k, v in pairs(c) do env[k] = v end
-      path = p
+      path = host.realpath(p) or p
     end
   end
   local needs = profile.needs_map(rb.needs)
@@ -236,24 +236,63 @@ local function source_lines(path)
   return source_cache[path]
 end
 
+-- The second argument of a call, as written: a lone string literal is shown
+-- unquoted, anything else as its source text.
+local function second_arg(args)
+  local inner = args:sub(2, -2)
+  local depth, k, n, quote = 0, 1, #inner, nil
+  while k <= n do
+    local c = inner:sub(k, k)
+    if quote then
+      if c == "\\" then k = k + 1 elseif c == quote then quote = nil end
+    elseif c == '"' or c == "'" then quote = c
+    elseif c == "(" or c == "{" or c == "[" then depth = depth + 1
+    elseif c == ")" or c == "}" or c == "]" then depth = depth - 1
+    elseif c == "," and depth == 0 then
+      local rest = inner:sub(k + 1):gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s*\n%s*", " ")
+      local lit = rest:match('^"([^"]*)"$') or rest:match("^'([^']*)'$")
+      return lit or rest
+    end
+    k = k + 1
+  end
+  return nil
+end
+
+local function first_arg(args)
+  local lit = args:match('^%(%s*"([^"]*)"%s*[,)]') or args:match("^%(%s*'([^']*)'%s*[,)]")
+  if lit then return lit end
+  local inner = args:sub(2, -2)
+  return (inner:match("^(.-),%s*function") or inner):gsub("%s*\n%s*", " ")
+end
+
 local function scan_body(fn)
   if type(fn) ~= "function" then return {} end
   local info = debug.getinfo(fn, "S")
   if not info.source or info.source:sub(1, 1) ~= "@" then return {} end
   local lines = source_lines(info.source:sub(2))
+  local last = math.min(info.lastlinedefined, #lines)
+  if last < info.linedefined then return {} end
+  local text = table.concat(lines, "\n", info.linedefined, last)
   local found = {}
-  for ln = info.linedefined, math.min(info.lastlinedefined, #lines) do
-    local l = lines[ln]
-    for kind, args in l:gmatch(":(%a+)%s*(%b())") do
-      if kind == "gate" or kind == "check" then
-        local msg = args:match('.*,%s*"([^"]*)"%s*%)$') or args:match(".*,%s*'([^']*)'%s*%)$")
-        if msg then found[#found + 1] = {kind = kind, text = msg, line = ln} end
-      end
+  local function line_of(pos)
+    local _, nl = text:sub(1, pos):gsub("\n", "")
+    return info.linedefined + nl
+  end
+  local pos = 1
+  while true do
+    local a, b, kind, open = text:find(":(%a+)%s*([%({])", pos)
+    if not a then break end
+    local args = text:match(open == "(" and "^%b()" or "^%b{}", b)
+    if args and (kind == "gate" or kind == "check") then
+      local msg = second_arg(args)
+      if msg then found[#found + 1] = {kind = kind, text = msg, line = line_of(a)} end
+    elseif args and kind == "cleanup" then
+      found[#found + 1] = {kind = "cleanup", text = first_arg(args), line = line_of(a)}
+    elseif args and kind == "poll" then
+      local what = args:match('what%s*=%s*"([^"]*)"') or args:match("what%s*=%s*'([^']*)'")
+      found[#found + 1] = {kind = "poll", text = what or "(unnamed)", line = line_of(a)}
     end
-    local cl = l:match(":cleanup%s*%(%s*\"([^\"]*)\"") or l:match(":cleanup%s*%(%s*'([^']*)'")
-    if cl then found[#found + 1] = {kind = "cleanup", text = cl, line = ln} end
-    local pw = l:match("what%s*=%s*\"([^\"]*)\"")
-    if pw and l:find("poll", 1, true) then found[#found + 1] = {kind = "poll", text = pw, line = ln} end
+    pos = b + 1
   end
   return found
 end

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what bomarun needs to build, test and benchmark on Debian 12.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config git
+  liblua5.4-dev lua5.4 libuv1-dev libjansson-dev
+  lua-busted          # the spec runner (run inside the bomarun host)
+  procps              # ps/pgrep for the process-group tests
+  ansible-core        # the start-up benchmark's comparison
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
