@@ -1,0 +1,231 @@
+local runbook = require "bomarun.runbook"
+local profile = require "bomarun.profile"
+local secret = require "bomarun.secret"
+local poll = require "bomarun.poll"
+local report = require "bomarun.report"
+local journal = require "bomarun.journal"
+local task = require "bomarun.task"
+local host = require "bomarun._host"
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(host.mkdir(d))
+  return d
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+describe("runbook language", function()
+  it("keeps structure as data: phases, steps, acceptance items in order", function()
+    local rb = runbook{id = "rb", title = "T", decisions = {"D-1"},
+      runbook.phase{"P1", runbook.step{"1.0", "first", function() end}},
+      runbook.step{"2.0", "second", mutation = true, timeout = 5, function() end},
+      runbook.acceptance{"D-1", "bar",
+        runbook.item{"D-1.1", "checked", function() end},
+        runbook.item{"D-1.2", "later", outstanding = "operator"},
+        runbook.item{"D-1.3", "not now", deferred = "D-019: DNS deferred to v2"},
+      },
+    }
+    assert.equal(3, #rb.units)
+    assert.equal("P1", rb.units[1].phase)
+    assert.is_true(rb.units[2].node.mutation)
+    assert.equal(5, rb.units[2].node.timeout)
+    local items = rb.units[3].node.items
+    assert.same({decision = "D-019", reason = "DNS deferred to v2"}, items[3].deferred)
+    assert.equal("operator", items[2].outstanding)
+  end)
+
+  it("rejects definition mistakes with the file and line", function()
+    local ok, err = pcall(function() local s = runbook.step{"1.0", "no body"}; return s end)
+    assert.is_false(ok)
+    assert.is_true(err.runbook_error)
+    assert.matches("runbook_spec%.lua:%d+: step 1.0 needs a body function", err.message)
+    ok, err = pcall(runbook.new, {id = "x", title = "t",
+      runbook.step{"1", "a", function() end}, runbook.step{"1", "b", function() end}})
+    assert.is_false(ok)
+    assert.matches("duplicate id '1'", err.message)
+    ok, err = pcall(runbook.item, {"I", "no body, no status"})
+    assert.matches("needs a body function, outstanding", err.message)
+    ok, err = pcall(runbook.new, {title = "no id"})
+    assert.matches("needs an id", err.message)
+  end)
+end)
+
+describe("profiles", function()
+  it("evaluate in a sandbox without io, os, require or load", function()
+    local d = tmpdir()
+    for _, bad in ipairs({"io.open('/etc/passwd')", "os.execute('true')", "require('bomarun.proc')",
+                          "load('return 1')()", "dofile('/etc/passwd')"}) do
+      local p = write(d .. "/bad.lua", "local x = " .. bad .. "\nreturn {x = x}\n")
+      local c, err = profile.load_file(p)
+      assert.is_nil(c, bad .. " was allowed")
+      assert.matches("bad%.lua:1:", err)
+    end
+  end)
+
+  it("returns constants, or collects assigned globals", function()
+    local d = tmpdir()
+    local c = assert(profile.load_file(write(d .. "/a.lua", "return {cluster = 'c1', count = 3}")))
+    assert.same({cluster = "c1", count = 3}, c)
+    c = assert(profile.load_file(write(d .. "/b.lua", "cluster = 'c2'\nports = {22, 80}\n")))
+    assert.same({cluster = "c2", ports = {22, 80}}, c)
+  end)
+
+  it("stops a profile that loops forever", function()
+    local d = tmpdir()
+    local c, err = profile.load_file(write(d .. "/loop.lua", "while true do end"))
+    assert.is_nil(c)
+    assert.matches("timed out", err)
+  end)
+
+  it("reports every missing or mistyped constant, naming who needs it", function()
+    local rb = runbook{id = "n", title = "t", needs = {cluster = "string", replicas = "number"},
+      runbook.step{"1", "s", needs = {"image"}, function() end}}
+    local problems = profile.check_needs({replicas = "three"}, rb)
+    table.sort(problems)
+    assert.same({
+      "constant 'replicas' is a string, the runbook needs a number",
+      "missing constant 'cluster' (needed by the runbook)",
+      "missing constant 'image' (needed by step 1)",
+    }, problems)
+  end)
+
+  it("applies --set with types and dotted keys", function()
+    local env = {replicas = 1, name = "a"}
+    profile.apply_sets(env, {{"replicas", "3"}, {"name", "42"}, {"flavors.master", "gp.mid"}, {"debug", "true"}})
+    assert.equal(3, env.replicas)
+    assert.equal("42", env.name)
+    assert.equal("gp.mid", env.flavors.master)
+    assert.is_true(env.debug)
+  end)
+
+  it("resolves secret references and redacts their values everywhere", function()
+    local d = tmpdir()
+    local pw = "hunter2-" .. host.random_hex(6)
+    local p = write(d .. "/s.lua", "return {password = secret.file('" .. d .. "/pw'), user = 'admin'}")
+    write(d .. "/pw", pw .. "\n")
+    local c = assert(profile.load_file(p))
+    assert.is_true(secret.is_ref(c.password))
+    assert(profile.resolve_secrets(c))
+    assert.equal(pw, c.password)
+    assert.equal("login with ***", secret.redact("login with " .. pw))
+    local jr = journal.open(d)
+    jr:emit({type = "capture", step = "1", key = "k", value = {nested = "x" .. pw .. "y"}})
+    jr:close()
+    local text = io.open(d .. "/events.jsonl"):read("a")
+    assert.is_nil(text:find(pw, 1, true))
+    assert.matches("x%*%*%*y", text)
+  end)
+
+  it("reports an unset secret variable by name", function()
+    local env = {token = secret.env("BOMARUN_SPEC_UNSET_" .. host.random_hex(4))}
+    local ok, err = profile.resolve_secrets(env)
+    assert.is_nil(ok)
+    assert.matches("BOMARUN_SPEC_UNSET_%x+ is not set %(profile constant 'token'%)", err)
+  end)
+end)
+
+describe("poll", function()
+  it("calls the function afresh each attempt until a success state", function()
+    local calls = 0
+    local v = poll.run{function() calls = calls + 1 return calls < 3 and "BUILD" or "ACTIVE" end,
+                       ok = {"ACTIVE"}, fail = {"ERROR"}, timeout = 5, interval = 0.01}
+    assert.equal("ACTIVE", v)
+    assert.equal(3, calls)
+  end)
+
+  it("fails at once on a failure state", function()
+    local calls = 0
+    local t0 = task.now()
+    local v, err, code, last = poll.run{function() calls = calls + 1 return "CREATE_FAILED" end,
+      ok = {"CREATE_COMPLETE"}, fail = {"CREATE_FAILED"}, timeout = 30, interval = 5, what = "cluster status"}
+    assert.is_nil(v)
+    assert.equal("FAILED_STATE", code)
+    assert.equal("CREATE_FAILED", last)
+    assert.matches("cluster status reached failure state CREATE_FAILED after 1 attempt", err)
+    assert.equal(1, calls)
+    assert.is_true(task.now() - t0 < 1)
+  end)
+
+  it("gives up at the timeout with the last value", function()
+    local t0 = task.now()
+    local v, err, code = poll.run{function() return "PENDING" end, ok = {"DONE"}, timeout = 0.3, interval = 0.05,
+                                  what = "job"}
+    assert.is_nil(v)
+    assert.equal("TIMEOUT", code)
+    assert.matches("job: timed out after 0%.%d s %(%d+ attempts%); last: PENDING", err)
+    assert.is_true(task.now() - t0 < 1)
+  end)
+
+  it("treats nil, err as transient and reports attempts as it goes", function()
+    local n, seen = 0, {}
+    local v = poll.run{function()
+        n = n + 1
+        if n == 1 then return nil, "connection refused" end
+        return n >= 3 and "UP" or "DOWN"
+      end, ok = {"UP"}, timeout = 5, interval = 0.01,
+      on_attempt = function(info) seen[#seen + 1] = info.err or info.value end}
+    assert.equal("UP", v)
+    assert.same({"connection refused", "DOWN", "UP"}, seen)
+  end)
+
+  it("bounds an attempt that hangs by the poll's deadline", function()
+    local t0 = task.now()
+    local v, _, code = poll.run{function() task.sleep(60) return "never" end, ok = {"x"}, timeout = 0.2}
+    assert.is_nil(v)
+    assert.equal("TIMEOUT", code)
+    assert.is_true(task.now() - t0 < 1)
+  end)
+end)
+
+describe("reports", function()
+  local function events()
+    return {
+      {type = "run_start", t = 100, run_id = "r1", runbook = {id = "rb", title = "T", decisions = {"D-1"}},
+       plan = {{kind = "step", id = "1", title = "one", phase = "P"},
+               {kind = "acceptance", id = "D-1", title = "bar",
+                items = {{id = "D-1.1", title = "i1"}, {id = "D-1.2", title = "i2", deferred = {decision = "D-9", reason = "later"}}}}}},
+      {type = "step_start", t = 101, id = "1"},
+      {type = "gate", t = 101, step = "1", ok = true, message = "g <ok> & fine"},
+      {type = "step_end", t = 102, id = "1", status = "PASS", duration = 1},
+      {type = "step_start", t = 102, id = "D-1.1"},
+    }
+  end
+
+  it("marks the running entry INTERRUPTED when the journal has no run_end", function()
+    local m = report.build(events())
+    assert.is_false(m.complete)
+    assert.equal("INTERRUPTED", m.by_id["D-1.1"].status)
+    assert.equal(1, m.exit_code)
+    assert.matches("INCOMPLETE", report.summary_text(m))
+  end)
+
+  it("writes JUnit with a testcase per step, gate and item; deferred is skipped with its decision", function()
+    local ev = events()
+    ev[#ev + 1] = {type = "step_end", t = 103, id = "D-1.1", status = "FAIL", duration = 1, reason = "check failed"}
+    ev[#ev + 1] = {type = "step_end", t = 103, id = "D-1.2", status = "DEFERRED", duration = 0,
+                   deferred = {decision = "D-9", reason = "later"}}
+    ev[#ev + 1] = {type = "run_end", t = 104, status = "FAILED", exit_code = 1, duration = 4}
+    local x = report.junit_text(report.build(ev))
+    assert.matches('tests="4" failures="1" errors="0" skipped="1"', x)
+    assert.matches('name="gate 1: g &lt;ok&gt; &amp; fine"', x)
+    assert.matches('<skipped message="DEFERRED: D%-9: later"/>', x)
+    assert.matches('<failure message="check failed">', x)
+  end)
+
+  it("skips a torn last line in the journal (kill -9 mid-write) and says so", function()
+    local d = tmpdir()
+    write(d .. "/events.jsonl", '{"type":"run_start","t":1,"runbook":{"id":"x","title":"t"},"plan":[]}\n{"type":"step_st')
+    local m = assert(report.load(d))
+    assert.equal("x", m.runbook.id)
+    local found = false
+    for _, w in ipairs(m.warnings) do if w:match("events.jsonl:2: skipped an unreadable event") then found = true end end
+    assert.is_true(found)
+  end)
+end)
