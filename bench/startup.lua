@@ -71,16 +71,20 @@ local function row(label, t)
   print(string.format("  %-36s %5d %11s %9s", label, #t, common.ms(common.median(t)), common.ms(common.min(t))))
 end
 
-local function report(n, b, l, a)
-  local bm, lm, am = common.median(b), common.median(l), common.median(a)
-  print(string.format("startup: sequential runs after one warm-up each; wall time from proc.run's duration (%d runs of bomarun and lua5.4, %d of ansible-playbook)", n, #a))
+-- t: durations of b (bomarun runbook), h (bomarun -e ''), l (lua5.4),
+-- a (ansible-playbook).
+local function report(n, t)
+  local bm, lm, am = common.median(t.b), common.median(t.l), common.median(t.a)
+  print(string.format("startup: %d sequential runs of each (ansible-playbook %d) after one warm-up; "
+                      .. "wall time from proc.run's duration", n, #t.a))
   print(string.format("  %-36s %5s %11s %9s", "command", "runs", "median ms", "min ms"))
-  row("bomarun bench/empty-runbook.lua", b)
-  row("lua5.4 -e ''", l)
-  row("ansible-playbook (empty play, local)", a)
+  row("bomarun bench/empty-runbook.lua", t.b)
+  row("bomarun -e '' (host only, reference)", t.h)
+  row("lua5.4 -e ''", t.l)
+  row("ansible-playbook (empty play, local)", t.a)
   print(string.format("startup: bomarun median %s ms (min %s), lua5.4 %s ms (min %s), ansible-playbook %s ms (min %s)",
-                      common.ms(bm), common.ms(common.min(b)), common.ms(lm), common.ms(common.min(l)),
-                      common.ms(am), common.ms(common.min(a))))
+                      common.ms(bm), common.ms(common.min(t.b)), common.ms(lm), common.ms(common.min(t.l)),
+                      common.ms(am), common.ms(common.min(t.a))))
   print(string.format("startup: ansible/bomarun = %s, bomarun/lua5.4 = %s",
                       common.ratio(am, bm), common.ratio(bm, lm)))
   print(string.format("startup: bomarun median %s ms is %s the %d ms bar",
@@ -92,9 +96,10 @@ local function main(args)
   local bomarun = os.getenv("BOMARUN") or (bench_dir .. "/../build/bomarun")
   common.with_tmpdir(function(tmp)
     local b = bomarun_runs(bomarun, n, tmp)
+    local h = time_runs("bomarun -e ''", {argv = {bomarun, "-e", ""}}, n)
     local l = time_runs("lua5.4 -e ''", {argv = {"lua5.4", "-e", ""}}, n)
     local a = ansible_runs(tmp)
-    report(n, b, l, a)
+    report(n, {b = b, h = h, l = l, a = a})
   end)
   return 0
 end
