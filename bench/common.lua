@@ -70,7 +70,8 @@ end
 
 --- A fresh temporary directory (mktemp -d).
 function M.tmpdir()
-  return (M.run_ok("mktemp -d", {argv = {"mktemp", "-d", "-t", "bomarun-bench.XXXXXX"}}).stdout:gsub("%s+$", ""))
+  local r = M.run_ok("mktemp -d", {argv = {"mktemp", "-d", "-t", "bomarun-bench.XXXXXX"}})
+  return (r.stdout:gsub("%s+$", ""))
 end
 
 function M.rmtree(dir)

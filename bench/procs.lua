@@ -27,7 +27,9 @@ local function check_all_zero(results, n)
   for i = 1, n do
     if not (results[i] and results[i].code == 0) then bad = bad + 1 end
   end
-  if bad > 0 then common.fail(string.format("%d of %d runs of `true` through proc.run did not exit 0", bad, n)) end
+  if bad > 0 then
+    common.fail(string.format("%d of %d runs of `true` through proc.run did not exit 0", bad, n))
+  end
 end
 
 -- One batch through bomarun; returns its wall time and the median
@@ -65,7 +67,8 @@ local function report(n, p, b, each, x)
   print(string.format("procs: %d runs of `true`, %d at a time, %d reps each after one warm-up", n, p, #b))
   print(string.format("  bomarun proc.run + task.parallel{limit=%d}: %s ms", p, all(b)))
   print(string.format("  xargs -P %d -I{} true (whole command):     %s ms", p, all(x)))
-  print(string.format("  bomarun: median single child %s ms from spawn to exit and pipes closed", common.ms(each)))
+  print(string.format("  bomarun: median single child %s ms from spawn to exit and pipes closed",
+                      common.ms(each)))
   print(string.format("procs: bomarun median %s ms (%s ms/proc), xargs -P %d median %s ms (%s ms/proc)",
                       common.ms(bm), common.ms(bm / n), p, common.ms(xm), common.ms(xm / n)))
   print(string.format("procs: bomarun/xargs = %s", common.ratio(bm, xm)))

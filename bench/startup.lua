@@ -49,7 +49,9 @@ local function bomarun_runs(bomarun, n, tmp)
   local runs = tmp .. "/runs"
   local opts = {argv = {bomarun, bench_dir .. "/empty-runbook.lua", "--run-dir", runs}}
   local t = time_runs("bomarun empty runbook", opts, n, function(r)
-    if not r.stdout:find("PASSED", 1, true) then common.fail("bomarun: no PASSED in\n" .. r.stdout) end
+    if not r.stdout:find("PASSED", 1, true) then
+      common.fail("bomarun: no PASSED in\n" .. r.stdout)
+    end
   end)
   local dirs = count_run_dirs(runs)
   if dirs ~= n + 1 then
@@ -63,12 +65,15 @@ local function ansible_runs(tmp)
   write_file(play, PLAY)
   local opts = {argv = {"ansible-playbook", "-i", "localhost,", "-c", "local", play}, env = ANSIBLE_ENV}
   return time_runs("ansible-playbook empty play", opts, ANSIBLE_RUNS, function(r)
-    if not r.stdout:find("PLAY RECAP", 1, true) then common.fail("ansible-playbook: no PLAY RECAP in\n" .. r.stdout) end
+    if not r.stdout:find("PLAY RECAP", 1, true) then
+      common.fail("ansible-playbook: no PLAY RECAP in\n" .. r.stdout)
+    end
   end)
 end
 
 local function row(label, t)
-  print(string.format("  %-36s %5d %11s %9s", label, #t, common.ms(common.median(t)), common.ms(common.min(t))))
+  local median, min = common.ms(common.median(t)), common.ms(common.min(t))
+  print(string.format("  %-36s %5d %11s %9s", label, #t, median, min))
 end
 
 -- t: durations of b (bomarun runbook), h (bomarun -e ''), l (lua5.4),
@@ -82,7 +87,8 @@ local function report(n, t)
   row("bomarun -e '' (host only, reference)", t.h)
   row("lua5.4 -e ''", t.l)
   row("ansible-playbook (empty play, local)", t.a)
-  print(string.format("startup: bomarun median %s ms (min %s), lua5.4 %s ms (min %s), ansible-playbook %s ms (min %s)",
+  print(string.format("startup: bomarun median %s ms (min %s), lua5.4 %s ms (min %s), "
+                      .. "ansible-playbook %s ms (min %s)",
                       common.ms(bm), common.ms(common.min(t.b)), common.ms(lm), common.ms(common.min(t.l)),
                       common.ms(am), common.ms(common.min(t.a))))
   print(string.format("startup: ansible/bomarun = %s, bomarun/lua5.4 = %s",

@@ -182,6 +182,7 @@ function M.main(args)
       return x
     end, table.unpack(rest, 1, #rest))
     if not ok then return script_error(e) end
+    if math.type(e) == "integer" then return e end
     return M.EXIT_OK
   end
   if a == "report" then

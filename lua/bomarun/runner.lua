@@ -614,8 +614,11 @@ end
 
 local function new_run_dir(rb, opts)
   local parent = run_dir_parent(opts)
-  local id = os.date("!%Y%m%dT%H%M%SZ") .. "-" .. host.random_hex(3)
-  local dir = parent .. "/" .. rb.id .. "-" .. id
+  local id, dir
+  repeat   -- never reuse an existing run directory
+    id = os.date("!%Y%m%dT%H%M%SZ") .. "-" .. host.random_hex(3)
+    dir = parent .. "/" .. rb.id .. "-" .. id
+  until not host.exists(dir)
   local ok, err = host.mkdir(dir .. "/steps")
   if not ok then return nil, nil, "cannot create the run directory: " .. err end
   return dir, rb.id .. "-" .. id

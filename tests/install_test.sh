@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# cmake --install lays out bin/ and share/bomarun/VERSION/{lua,runbooks,
+# profiles,examples}; the installed binary must find its own Lua library
+# (not the source tree's) and run the shipped example.
+set -euo pipefail
+build=$1
+prefix=$(mktemp -d)
+trap 'rm -rf "$prefix"' EXIT
+cmake --install "$build" --prefix "$prefix" >/dev/null
+share=$(echo "$prefix"/share/bomarun/*)
+for d in lua/bomarun runbooks profiles examples; do
+  [ -d "$share/$d" ] || { echo "not installed: $share/$d"; exit 1; }
+done
+# Hide the source tree: the installed copy must be self-sufficient.
+where=$(cd /tmp && "$prefix/bin/bomarun" -e 'print(package.searchpath("bomarun.runner", package.path))')
+case "$where" in
+  "$share"/lua/bomarun/runner.lua) ;;
+  *) echo "installed binary loaded its library from $where"; exit 1 ;;
+esac
+cd "$prefix"
+"$prefix/bin/bomarun" "$share/examples/first-run.lua" --run-dir "$prefix/runs" > out.txt
+grep -q "profile local" out.txt || { echo "the installed profile was not found"; cat out.txt; exit 1; }
+grep -q "=> ACCEPTED" out.txt
+echo "ok - installed layout runs the example from $share"
