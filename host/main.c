@@ -16,6 +16,7 @@
 #include "sched.h"
 
 #define EXIT_INTERRUPTED 130
+#define EXIT_TERMINATED 143
 #define DRAIN_MS 10000
 
 static int file_exists(const char *path)
@@ -111,8 +112,12 @@ static int outcome(lua_State *L, int failed)
     if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "code");
         if (lua_isstring(L, -1) &&
-            strcmp(lua_tostring(L, -1), "INTERRUPTED") == 0)
-            code = EXIT_INTERRUPTED;
+            strcmp(lua_tostring(L, -1), "INTERRUPTED") == 0) {
+            lua_getfield(L, -2, "message");
+            code = lua_isstring(L, -1) && strstr(lua_tostring(L, -1),
+                   "SIGTERM") ? EXIT_TERMINATED : EXIT_INTERRUPTED;
+            lua_pop(L, 1);
+        }
         lua_pop(L, 1);
     }
     fprintf(stderr, "bomarun: %s\n", luaL_tolstring(L, -1, NULL));

@@ -57,6 +57,7 @@ struct proc {
     int ud_gone;
     int waiting;
     struct bm_wait w;
+    struct bm_resource owner;  /* the spawning task: we die with it */
     char *stdin_data;
     size_t stdin_len;
     char desc[200];
@@ -222,6 +223,7 @@ static void finish(struct proc *p)
             close_handle(p, (uv_handle_t *)&p->pipes[i]);
         }
     loop_untrack_pgid(p->pid);
+    sched_disown(&p->owner);
     if (p->waiting) {
         lua_State *co = sched_wait_state(&p->w);
         int n;
@@ -256,6 +258,7 @@ static void kill_group(struct proc *p, int sig)
 }
 
 static void on_timer(uv_timer_t *h);
+static void terminate(struct proc *p);
 
 static void start_stage(struct proc *p, int stage, uint64_t ms)
 {
@@ -526,6 +529,16 @@ static int spawn_failed(lua_State *L, struct proc *p, int err, const char *cwd)
     return 3;
 }
 
+/* The task that spawned p finished while p still runs: no orphans. */
+static void owner_finished(struct bm_resource *r)
+{
+    struct proc *p = (struct proc *)((char *)r - offsetof(struct proc, owner));
+    if (p->stage == S_RUNNING)
+        terminate(p);
+    else if (p->stage == S_DRAINING)
+        on_timer(&p->timer);
+}
+
 static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
 {
     uv_process_options_t o;
@@ -566,6 +579,8 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
     }
     p->pid = p->process.pid;
     loop_track_pgid(p->pid);
+    p->owner.release = owner_finished;
+    sched_own(&p->owner);
     for (i = 1; i < 3; i++) {
         p->pipe_open[i] = 1;
         uv_read_start((uv_stream_t *)&p->pipes[i], on_alloc, on_read);

@@ -42,6 +42,7 @@ struct bm_task {
     struct bm_task *first_child, *next_sibling, *prev_sibling;
     struct bm_task *next_ready;
     struct join *joiners;
+    struct bm_resource *resources;
     int cancelled;
     char *cancel_reason;
     char cancel_code[16];
@@ -187,6 +188,46 @@ void sched_complete(struct bm_wait *w, int nres)
     if (t->wait == w)
         t->wait = NULL;
     make_ready(t, nres);
+}
+
+/* --- resources a task owns ------------------------------------------ */
+
+void sched_own(struct bm_resource *r)
+{
+    struct bm_task *t = g_current;
+    r->owner = t;
+    r->prev = NULL;
+    r->next = NULL;
+    if (!t)
+        return;
+    r->next = t->resources;
+    if (t->resources)
+        t->resources->prev = r;
+    t->resources = r;
+}
+
+void sched_disown(struct bm_resource *r)
+{
+    struct bm_task *t = r->owner;
+    if (!t)
+        return;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        t->resources = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->owner = NULL;
+    r->next = r->prev = NULL;
+}
+
+static void release_resources(struct bm_task *t)
+{
+    struct bm_resource *r;
+    while ((r = t->resources)) {
+        sched_disown(r);
+        r->release(r);
+    }
 }
 
 /* --- the task tree -------------------------------------------------- */
@@ -361,6 +402,19 @@ static void take_error(struct bm_task *t)
     }
 }
 
+/* A failure nobody waits for would vanish: say so on stderr. */
+static void warn_unobserved(struct bm_task *t)
+{
+    int top = lua_gettop(g_L);
+    lua_rawgeti(g_L, LUA_REGISTRYINDEX, t->result_ref);
+    if (!is_cancel_error(g_L, -1))
+        fprintf(stderr, "bomarun: task %lu%s%s%s failed and nobody is "
+                "waiting on it: %s\n", t->id, t->name[0] ? " (" : "",
+                t->name, t->name[0] ? ")" : "",
+                luaL_tolstring(g_L, -1, NULL));
+    lua_settop(g_L, top);
+}
+
 static void finish(struct bm_task *t, int ok, int nres)
 {
     struct bm_task *c;
@@ -380,20 +434,14 @@ static void finish(struct bm_task *t, int ok, int nres)
     t->result_ref = luaL_ref(g_L, LUA_REGISTRYINDEX);
     t->ok = ok;
     t->state = T_DONE;
+    release_resources(t);
     while ((c = t->first_child)) {
         sched_cancel(c, "its parent task finished", "CANCELLED");
         unlink_child(c);
     }
     unlink_child(t);
-    if (!ok && !t->joiners && t != g_main) {
-        lua_rawgeti(g_L, LUA_REGISTRYINDEX, t->result_ref);
-        if (!is_cancel_error(g_L, -1))
-            fprintf(stderr, "bomarun: task %lu%s%s%s failed and nobody is "
-                    "waiting on it: %s\n", t->id, t->name[0] ? " (" : "",
-                    t->name, t->name[0] ? ")" : "",
-                    luaL_tolstring(g_L, -1, NULL));
-        lua_settop(g_L, lua_gettop(g_L) - (is_cancel_error(g_L, -1) ? 1 : 2));
-    }
+    if (!ok && !t->joiners && t != g_main)
+        warn_unobserved(t);
     wake_joiners(t);
     luaL_unref(g_L, LUA_REGISTRYINDEX, t->co_ref);
     t->co_ref = LUA_NOREF;

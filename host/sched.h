@@ -20,6 +20,19 @@ struct bm_wait {
     void (*cancel)(struct bm_wait *w);
 };
 
+/* Something a task owns that must not outlive it (a spawned process): when
+ * the task finishes, for whatever reason, `release` runs for each resource
+ * it still owns.  The owner unlinks it with sched_disown when done. */
+struct bm_resource {
+    struct bm_resource *next, *prev;
+    struct bm_task *owner;
+    void (*release)(struct bm_resource *r);
+};
+
+/* Attach r to the current task (no-op outside any task). */
+void sched_own(struct bm_resource *r);
+void sched_disown(struct bm_resource *r);
+
 void sched_init(lua_State *L, uv_loop_t *loop);
 uv_loop_t *sched_loop(void);
 lua_State *sched_main_state(void);

@@ -350,6 +350,34 @@ return runbook{id = "slow", title = "Slow",
       assert.is_false(pid_alive(gc), "the step's grandchild survived SIGINT")
     end)
 
+    it("SIGINT stops a step spinning in Lua (no waits) and later steps never start", function()
+      local d = tmpdir()
+      write(d .. "/spin.lua", RB_HEAD .. [[
+return runbook{id = "spin", title = "t",
+  runbook.step{"1", "spins", function(s) io.open("]] .. d .. [[/spinning", "w"):close() while true do end end},
+  runbook.step{"2", "must not start", mutation = true, function(s) io.open("]] .. d .. [[/ran2", "w"):close() end},
+}
+]])
+      local h = assert(proc.spawn{argv = {BIN, d .. "/spin.lua"}, env = {BOMARUN_RUN_DIR = d .. "/envruns"}})
+      wait_for(function() return read(d .. "/spinning") end, 20, "step 1 to spin")
+      task.sleep(0.2)
+      h:kill("INT")
+      local r = h:wait()
+      assert.equal(130, r.code, r.stdout .. r.stderr)
+      assert.is_nil(read(d .. "/ran2"))
+      assert.equal(1, #run_dirs(d .. "/envruns"), "BOMARUN_RUN_DIR was not used")
+    end)
+
+    it("SIGTERM: exit 143, cleanups run", function()
+      local d = tmpdir()
+      slow_runbook(d)
+      local h = start(d)
+      h:kill("TERM")
+      local r = h:wait()
+      assert.equal(143, r.code, r.stdout .. r.stderr)
+      assert.equal("cleaned\n", read(d .. "/cleaned"))
+    end)
+
     it("kill -9: bomarun report rebuilds every report from the journal", function()
       local d = tmpdir()
       slow_runbook(d)

@@ -147,6 +147,17 @@ describe("proc", function()
     assert.equal(15, again.signal)
   end)
 
+  it("terminates a spawned process when the task that spawned it ends", function()
+    local pid
+    local t = task.spawn(function()
+      local h = assert(proc.spawn{argv = {"sleep", "60"}, grace = 0.2})
+      pid = h:pid()
+      return "left it running"
+    end)
+    assert.same({true, "left it running"}, {t:wait()})
+    assert.is_true(wait_dead(pid, 3), "the spawned process " .. pid .. " outlived its task")
+  end)
+
   it("runs many processes concurrently", function()
     local fns = {}
     for k = 1, 40 do fns[k] = function() return proc.run{argv = {"sh", "-c", "echo " .. k}}.stdout end end

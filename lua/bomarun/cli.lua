@@ -5,7 +5,7 @@ local host = require "bomarun._host"
 
 local M = {}
 
-M.EXIT_OK, M.EXIT_FAIL, M.EXIT_USAGE, M.EXIT_INTERRUPTED = 0, 1, 2, 130
+M.EXIT_OK, M.EXIT_FAIL, M.EXIT_USAGE, M.EXIT_INTERRUPTED, M.EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 local HELP = [[
 usage: bomarun RUNBOOK.lua [options]      run a runbook
@@ -33,8 +33,8 @@ Runbook options:
 
 Exit status: 0 every gate passed (DEFERRED allowed); 1 a gate, check,
 step or acceptance item failed; 2 usage or runbook error (bad option,
-syntax error, missing profile constant); 130 interrupted (SIGINT/SIGTERM:
-tasks cancelled, cleanups run, reports written).
+syntax error, missing profile constant); 130 interrupted by SIGINT (143
+by SIGTERM): tasks cancelled, cleanups run, reports written.
 
 Each run writes RUN_DIR/events.jsonl (the journal), steps/*.log,
 report.json, junit.xml and summary.txt.  Docs: docs/runbooks.md.
@@ -118,7 +118,7 @@ local function script_error(err)
   local code = require("bomarun.task").cancel_code(err)
   if code == "INTERRUPTED" then
     io.stderr:write("bomarun: " .. tostring(err) .. "\n")
-    return M.EXIT_INTERRUPTED
+    return tostring(err):find("SIGTERM", 1, true) and M.EXIT_TERMINATED or M.EXIT_INTERRUPTED
   end
   if type(err) == "table" and err.runbook_error then
     io.stderr:write("bomarun: " .. tostring(err.message) .. "\n")

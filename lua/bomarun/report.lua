@@ -106,7 +106,7 @@ end
 
 --- Compute the exit status the entries stand for.
 function M.exit_code(m)
-  if m.interrupted then return 130 end
+  if m.interrupted then return m.interrupted == "SIGTERM" and 143 or 130 end
   for _, e in ipairs(m.entries) do
     if FAILING[e.status] then return 1 end
     if e.status == "OUTSTANDING" and m.run.strict then return 1 end

@@ -400,7 +400,7 @@ local function console_result(run, id, title, status, duration, note)
   local _ = run
 end
 
-local function open_step_log(run, n, kind, id)
+local function open_step_log(run, id)
   run.log_seq = run.log_seq + 1
   local rel = string.format("steps/%02d-%s.log", run.log_seq, slug(id))
   local f = io.open(run.dir .. "/" .. rel, "a")
@@ -408,9 +408,11 @@ local function open_step_log(run, n, kind, id)
   local function sink(line)
     if f then f:write(os.date("!%H:%M:%S "), secret.redact(line), "\n") end
   end
-  local _ = n
-  local _k = kind
-  return sink, f, rel
+  -- Late lines (a process the step left behind) are dropped, not errors.
+  local function close()
+    if f then f:close() f = nil end
+  end
+  return sink, close, rel
 end
 
 local function error_message(err)
@@ -431,7 +433,7 @@ end
 -- Runs one step or item body in its own task; returns an outcome table.
 local function run_body(run, node, kind, bar)
   local id = node.id
-  local sink, f, rel = open_step_log(run, node, kind, id)
+  local sink, close_log, rel = open_step_log(run, id)
   local ctx = setmetatable({id = id, title = node.title, env = run.env, state = run.state,
                             run = {id = run.id, dir = run.dir, profile = run.profile_name},
                             kind = kind, _run = run, _sink = sink, _failed_checks = 0}, Step)
@@ -472,6 +474,9 @@ local function run_body(run, node, kind, bar)
     local msg, tb = error_message(err)
     local code = sched.cancel_code(err)
     if code == "INTERRUPTED" or (code and run.interrupted) then
+      -- The count hook can stop a spinning body before the loop has
+      -- delivered the signal to the handler below: stop here all the same.
+      run.mark_interrupted("SIGINT")
       out.status = "INTERRUPTED"
       out.reason = run.interrupted and ("interrupted by " .. run.interrupted) or msg
     else
@@ -496,7 +501,7 @@ local function run_body(run, node, kind, bar)
   run.journal:emit({type = "step_end", id = id, kind = kind, status = out.status, duration = out.duration,
                     reason = out.reason, error = out.error, deferred = out.deferred,
                     outstanding = out.outstanding, log = rel, aborts = out.aborts})
-  if f then f:close() end
+  close_log()
   return out
 end
 
@@ -572,7 +577,7 @@ local function run_cleanups(run)
       console_result(run, "cleanup", c.description, "SKIPPED", nil, "abandoned")
     else
       run.journal:emit({type = "cleanup_start", index = c.index, description = c.description})
-      local sink = open_step_log(run, nil, "cleanup", "cleanup-" .. c.index)
+      local sink, close_log = open_step_log(run, "cleanup-" .. c.index)
       local t0 = task.now()
       local t = task.spawn_named("cleanup " .. c.index, function()
         task.current():locals().log_sink = sink
@@ -588,6 +593,7 @@ local function run_cleanups(run)
         status, emsg = "FAILED", tostring(err)
       end
       if emsg then sink("FAILED: " .. emsg) end
+      close_log()
       run.journal:emit({type = "cleanup_end", index = c.index, status = status, duration = task.now() - t0,
                         error = emsg})
       console_result(run, "cleanup", c.description, status == "DONE" and "PASS" or "FAIL", task.now() - t0,
@@ -678,6 +684,11 @@ function M.main(rb, opts)
   if resume then
     for k, v in pairs(resume.captures) do run.state[k] = v end
   end
+  function run.mark_interrupted(signame)
+    if run.interrupted then return end
+    run.interrupted = signame
+    jr:emit({type = "interrupted", signal = signame})
+  end
   local t_start = task.now()
   jr:emit({type = "run_start", run_id = run_id, dir = dir, host = host.hostname(), pid = host.getpid(),
            runbook = {id = rb.id, title = rb.title, description = rb.description, decisions = json.array(rb.decisions),
@@ -698,8 +709,7 @@ function M.main(rb, opts)
   -- a second abandons the cleanups; a third kills everything at once.
   sched.on_signal(function(signame, count)
     if count == 1 then
-      run.interrupted = signame
-      jr:emit({type = "interrupted", signal = signame})
+      run.mark_interrupted(signame)
       log.console(log.paint("red", "  " .. signame .. ": cancelling; cleanups will run (again to abandon them)"))
       if run.current_task then run.current_task:cancel("interrupted by " .. signame, "INTERRUPTED") end
     else
