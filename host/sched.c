@@ -926,8 +926,9 @@ int sched_run_main(lua_State *L, int nargs)
 {
     int ok;
     g_main = sched_spawn(L, nargs, "main");
-    snprintf(g_main->name, sizeof g_main->name, "main");
-    lua_pop(L, 1);
+    /* Keep the main task's handle (and so its struct) until the state
+     * closes: its result is read after it finished. */
+    luaL_ref(L, LUA_REGISTRYINDEX);
     for (;;) {
         int alive;
         run_ready();

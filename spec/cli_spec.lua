@@ -7,10 +7,12 @@ local host = require "bomarun._host"
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
 local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
 
+-- A fresh directory, removed when the test ends (pass or fail).
 local function tmpdir()
   local d = os.tmpname()
   os.remove(d)
   assert(host.mkdir(d))
+  finally(function() require("bomarun.proc").run{argv = {"rm", "-rf", d}} end)
   return d
 end
 

@@ -7,10 +7,12 @@ local journal = require "bomarun.journal"
 local task = require "bomarun.task"
 local host = require "bomarun._host"
 
+-- A fresh directory, removed when the test ends (pass or fail).
 local function tmpdir()
   local d = os.tmpname()
   os.remove(d)
   assert(host.mkdir(d))
+  finally(function() require("bomarun.proc").run{argv = {"rm", "-rf", d}} end)
   return d
 end
 
