@@ -121,10 +121,16 @@ end
 --- Build the report model from a list of events.
 function M.build(events, warnings)
   local m = {entries = {}, by_id = {}, bars = {}, cleanups = {}, captures = {}, capture_order = {},
+             module_events = {},
              run = {}, runbook = {}, warnings = warnings or {}, complete = false}
   for _, ev in ipairs(events) do
     local h = handlers[ev.type]
-    if h then h(m, ev) end
+    if h then
+      h(m, ev)
+    elseif ev.step and ev.type ~= "step_start" then
+      -- A module's own events (Step:event): kept per step, in order.
+      m.module_events[#m.module_events + 1] = ev
+    end
     if ev.type == "step_end" and ev.aborts then m.aborted = ev.id end
   end
   local last = events[#events]
@@ -348,6 +354,7 @@ function M.json_text(m)
     complete = m.complete, interrupted = m.interrupted, duration = m.duration,
     counts = m.counts, entries = json.array(entries), cleanups = json.array(cleanups),
     captures = json.object(m.captures), warnings = json.array(m.warnings),
+    events = json.array(m.module_events),
   }, {indent = 2}) .. "\n"
 end
 

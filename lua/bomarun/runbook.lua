@@ -45,6 +45,7 @@ end
 ---@field gates? string[]       gates to show in plan mode (s:gate calls are also read from the source)
 ---@field description? string
 ---@field diagnose? fun(s: bomarun.StepContext)  runs after a failure to gather evidence
+---@field detail? {plan_lines: fun(self): string[]}  more to show in plan mode (a dag graph, say)
 
 --- A step: an id, a title, a body.
 ---@param t bomarun.StepDef
@@ -60,7 +61,7 @@ function M.step(t)
   local src, line = where(2)
   return {kind = "step", id = id, title = title, body = body, mutation = t.mutation and true or false,
           timeout = t.timeout, needs = t.needs, gates = t.gates, description = t.description,
-          diagnose = t.diagnose, source = src, line = line}
+          diagnose = t.diagnose, detail = t.detail, source = src, line = line}
 end
 
 --- A phase: a title and the steps in it.

@@ -159,6 +159,20 @@ function Step:poll(spec)
   return v
 end
 
+--- Journal an event of a module's own (type and fields), tagged with this
+--- step; report.lua keeps unknown types under `events` in report.json.
+---@param ev table  {type = "dag_component", ...}
+function Step:event(ev)
+  ev.step = self.id
+  return self._run.journal:emit(ev)
+end
+
+--- The step context of the running task (nil outside a runbook step).
+---@return bomarun.StepContext|nil
+function M.current_step()
+  return task.context("step")
+end
+
 --- Write an artifact file into the run directory; returns its path.
 function Step:artifact(name, content)
   local dir = self._run.dir .. "/artifacts"
@@ -363,6 +377,9 @@ local function print_plan(rb, env, profile_name, profile_path, problems, sel)
         add(string.format("              %s: %s   (line %d)", f.kind, f.text, f.line))
       end
       if n.diagnose then add("              diagnose on failure") end
+      if n.detail and n.detail.plan_lines then
+        for _, l in ipairs(n.detail:plan_lines()) do add("              " .. l) end
+      end
     else
       add(string.format("     %s %s (acceptance bar)", n.id, n.title))
       for _, it in ipairs(n.items) do
