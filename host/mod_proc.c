@@ -16,6 +16,7 @@
 
 #include <lauxlib.h>
 
+#include "lines.h"
 #include "loop.h"
 #include "mod_proc.h"
 #include "sched.h"
@@ -29,10 +30,7 @@ extern char **environ;
 
 enum { S_RUNNING, S_TERMINATING, S_KILLED, S_DRAINING, S_DONE };
 
-struct obuf {
-    char *data;
-    size_t len, cap;
-};
+
 
 struct proc {
     uv_process_t process;
@@ -46,12 +44,11 @@ struct proc {
     int exited;
     int64_t exit_status;
     int term_signal;
-    int timed_out, cancelled, lingering, truncated;
+    int timed_out, cancelled, lingering;
     uint64_t t_start, t_end;
     uint64_t timeout_ms, grace_ms, drain_ms;
     size_t max_output;
-    struct obuf out[3];        /* collected stdout (1) and stderr (2) */
-    struct obuf partial[3];    /* the current unfinished line */
+    struct bm_stream out[3];   /* stdout (1) and stderr (2) */
     int on_line_ref;
     int self_ref;
     int ud_gone;
@@ -63,32 +60,12 @@ struct proc {
     char desc[200];
 };
 
-static int buf_add(struct obuf *b, const char *p, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *d;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        d = realloc(b->data, cap);
-        if (!d)
-            return -1;
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
 static void proc_free(struct proc *p)
 {
     int i;
     lua_State *L = sched_main_state();
-    for (i = 0; i < 3; i++) {
-        free(p->out[i].data);
-        free(p->partial[i].data);
-    }
+    for (i = 1; i < 3; i++)
+        bm_stream_free(&p->out[i]);
     if (L)
         luaL_unref(L, LUA_REGISTRYINDEX, p->on_line_ref);
     free(p->stdin_data);
@@ -116,53 +93,6 @@ static void close_handle(struct proc *p, uv_handle_t *h)
         uv_close(h, handle_closed);
 }
 
-/* --- lines ------------------------------------------------------------ */
-
-static void emit_line(struct proc *p, int fd, const char *s, size_t n)
-{
-    lua_State *L = sched_main_state();
-    if (p->on_line_ref == LUA_NOREF)
-        return;
-    if (n && s[n - 1] == '\r')
-        n--;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->on_line_ref);
-    lua_pushlstring(L, s, n);
-    lua_pushstring(L, fd == 1 ? "stdout" : "stderr");
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-        fprintf(stderr, "bomarun: proc: on_line callback for %s failed: %s\n",
-                p->desc, lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
-}
-
-static void split_lines(struct proc *p, int fd, const char *s, size_t n)
-{
-    struct obuf *part = &p->partial[fd];
-    const char *nl;
-    while (n && (nl = memchr(s, '\n', n))) {
-        size_t k = (size_t)(nl - s);
-        if (part->len) {
-            buf_add(part, s, k);
-            emit_line(p, fd, part->data, part->len);
-            part->len = 0;
-        } else {
-            emit_line(p, fd, s, k);
-        }
-        s += k + 1;
-        n -= k + 1;
-    }
-    if (n)
-        buf_add(part, s, n);
-}
-
-static void flush_partial(struct proc *p, int fd)
-{
-    if (p->partial[fd].len) {
-        emit_line(p, fd, p->partial[fd].data, p->partial[fd].len);
-        p->partial[fd].len = 0;
-    }
-}
-
 /* --- finishing ---------------------------------------------------------- */
 
 static void push_result(lua_State *L, struct proc *p)
@@ -176,9 +106,11 @@ static void push_result(lua_State *L, struct proc *p)
         lua_pushinteger(L, p->term_signal);
         lua_setfield(L, -2, "signal");
     }
-    lua_pushlstring(L, p->out[1].data ? p->out[1].data : "", p->out[1].len);
+    lua_pushlstring(L, p->out[1].all.data ? p->out[1].all.data : "",
+                    p->out[1].all.len);
     lua_setfield(L, -2, "stdout");
-    lua_pushlstring(L, p->out[2].data ? p->out[2].data : "", p->out[2].len);
+    lua_pushlstring(L, p->out[2].all.data ? p->out[2].all.data : "",
+                    p->out[2].all.len);
     lua_setfield(L, -2, "stderr");
     lua_pushnumber(L, (lua_Number)(p->t_end - p->t_start) / 1e9);
     lua_setfield(L, -2, "duration");
@@ -188,7 +120,7 @@ static void push_result(lua_State *L, struct proc *p)
     lua_setfield(L, -2, "timed_out");
     lua_pushboolean(L, p->lingering);
     lua_setfield(L, -2, "lingering");
-    lua_pushboolean(L, p->truncated);
+    lua_pushboolean(L, p->out[1].truncated || p->out[2].truncated);
     lua_setfield(L, -2, "truncated");
 }
 
@@ -238,7 +170,7 @@ static void close_pipes(struct proc *p)
     int i;
     for (i = 1; i < 3; i++)
         if (p->pipe_open[i]) {
-            flush_partial(p, i);
+            bm_stream_flush(&p->out[i], p->on_line_ref, p->desc);
             p->pipe_open[i] = 0;
             uv_read_stop((uv_stream_t *)&p->pipes[i]);
             close_handle(p, (uv_handle_t *)&p->pipes[i]);
@@ -329,16 +261,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     struct proc *p = s->data;
     int fd = s == (uv_stream_t *)&p->pipes[1] ? 1 : 2;
     if (n > 0) {
-        if (p->out[fd].len + (size_t)n <= p->max_output)
-            buf_add(&p->out[fd], buf->base, (size_t)n);
-        else
-            p->truncated = 1;
-        split_lines(p, fd, buf->base, (size_t)n);
+        bm_stream_feed(&p->out[fd], buf->base, (size_t)n, p->on_line_ref,
+                       p->desc);
         return;
     }
     if (n == 0)
         return;
-    flush_partial(p, fd);
+    bm_stream_flush(&p->out[fd], p->on_line_ref, p->desc);
     p->pipe_open[fd] = 0;
     uv_read_stop(s);
     close_handle(p, (uv_handle_t *)s);
@@ -503,6 +432,8 @@ static void read_options(lua_State *L, struct proc *p)
     if (lua_getfield(L, 1, "max_output") == LUA_TNUMBER)
         p->max_output = (size_t)lua_tointeger(L, -1);
     lua_pop(L, 1);
+    bm_stream_init(&p->out[1], "stdout", p->max_output);
+    bm_stream_init(&p->out[2], "stderr", p->max_output);
     if (lua_getfield(L, 1, "on_line") == LUA_TFUNCTION)
         p->on_line_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     else
