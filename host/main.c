@@ -13,6 +13,7 @@
 #include "mod_host.h"
 #include "mod_json.h"
 #include "mod_proc.h"
+#include "mod_ssh.h"
 #include "sched.h"
 
 #define EXIT_INTERRUPTED 130
@@ -142,6 +143,7 @@ int main(int argc, char **argv)
     preload(L, "bomarun._proc", luaopen_bomarun__proc);
     preload(L, "bomarun._json", luaopen_bomarun__json);
     preload(L, "bomarun._host", luaopen_bomarun__host);
+    preload(L, "bomarun._ssh", luaopen_bomarun__ssh);
     luaL_requiref(L, "bomarun._host", luaopen_bomarun__host, 0);
     lua_pop(L, 1);
     find_lua_dir(luadir, sizeof luadir);

@@ -158,6 +158,24 @@ static int l_host_write(lua_State *L)
     return 0;
 }
 
+/* rss() -> resident set size of this process in bytes (Linux) */
+static int l_host_rss(lua_State *L)
+{
+    char line[256];
+    long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    if (kb < 0)
+        return 0;
+    lua_pushinteger(L, (lua_Integer)kb * 1024);
+    return 1;
+}
+
 /* exit(code) -> never returns; kills live process groups first */
 static int l_host_exit(lua_State *L)
 {
@@ -185,6 +203,7 @@ static const luaL_Reg host_funcs[] = {
     {"random_hex", l_host_random_hex},
     {"write", l_host_write},
     {"exit", l_host_exit},
+    {"rss", l_host_rss},
     {NULL, NULL}
 };
 

@@ -45,6 +45,7 @@ struct proc {
     int64_t exit_status;
     int term_signal;
     int timed_out, cancelled, lingering;
+    int keep;                  /* a service: outlives its spawning task */
     uint64_t t_start, t_end;
     uint64_t timeout_ms, grace_ms, drain_ms;
     size_t max_output;
@@ -434,6 +435,9 @@ static void read_options(lua_State *L, struct proc *p)
     lua_pop(L, 1);
     bm_stream_init(&p->out[1], "stdout", p->max_output);
     bm_stream_init(&p->out[2], "stderr", p->max_output);
+    lua_getfield(L, 1, "keep");
+    p->keep = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (lua_getfield(L, 1, "on_line") == LUA_TFUNCTION)
         p->on_line_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     else
@@ -511,7 +515,8 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
     p->pid = p->process.pid;
     loop_track_pgid(p->pid);
     p->owner.release = owner_finished;
-    sched_own(&p->owner);
+    if (!p->keep)
+        sched_own(&p->owner);
     for (i = 1; i < 3; i++) {
         p->pipe_open[i] = 1;
         uv_read_start((uv_stream_t *)&p->pipes[i], on_alloc, on_read);

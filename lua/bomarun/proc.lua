@@ -25,6 +25,8 @@ local M = {}
 ---@field quiet? boolean        keep lines out of the step log too
 ---@field on_line? fun(line: string, stream: "stdout"|"stderr")
 ---@field max_output? integer   bytes kept per stream (default 64 MiB)
+---@field keep? boolean         (spawn) a service that outlives the task that started it;
+---                            it is still killed when bomarun exits
 
 ---@class bomarun.ProcResult
 ---@field code integer|nil      exit status, nil when killed by a signal
