@@ -13,7 +13,8 @@
 -- data/atmosphere-deploy-graph.json; relative paths are tried in the
 -- current directory, then next to this runbook), scale (seconds of sleep per
 -- second of measured duration), concurrency, mode ("fail-fast" or
--- "continue").
+-- "continue"), tolerance (how far over the lower bound the makespan may be:
+-- 0.05, the bar; raise it only on a machine too loaded to time sleeps).
 local runbook = require "bomarun.runbook"
 local dag = require "bomarun.dag"
 local json = require "bomarun.json"
@@ -94,8 +95,8 @@ return runbook{
   title = "Parallel deploy as a dependency graph (atmosphere, scaled sleeps)",
   description = "47 components with their real edges and caps; each one sleeps its measured CI duration times `scale`.",
   profile = "local",
-  needs = {graph = "string", scale = "number", concurrency = "number", mode = "string"},
-  defaults = {graph = DEFAULT_GRAPH, scale = 0.004, concurrency = 16, mode = "fail-fast"},
+  needs = {graph = "string", scale = "number", concurrency = "number", mode = "string", tolerance = "number"},
+  defaults = {graph = DEFAULT_GRAPH, scale = 0.004, concurrency = 16, mode = "fail-fast", tolerance = 0.05},
 
   runbook.phase{"Prerequisites",
     runbook.step{"1.0", "Load and check the deploy graph", function(s)
@@ -145,7 +146,8 @@ return runbook{
       s:log("makespan %.2f s vs scaled lower bound %.2f s (%+.1f%%)", report.makespan, bound_of(s.state),
         (report.makespan / bound_of(s.state) - 1) * 100)
       s:gate(report.ok, "every component finished ok")
-      s:gate(report.makespan <= bound_of(s.state) * 1.05, "makespan within 5% of the scaled lower bound")
+      s:gate(report.makespan <= bound_of(s.state) * (1 + s.env.tolerance),
+        "makespan within `tolerance` (default 5%) of the scaled lower bound")
     end},
   },
 
@@ -185,11 +187,11 @@ return runbook{
         i:check(peak <= cap, "holders of each resource never exceeded its cap")
       end
     end},
-    runbook.item{"DAG.3", "Makespan within 5% of the lower bound with the caps", function(i)
+    runbook.item{"DAG.3", "Makespan within tolerance (5%) of the lower bound with the caps", function(i)
       local bound = bound_of(i.state)
       local m = report_of(i).makespan
       i:log("makespan %.2f s vs bound %.2f s (%+.1f%%)", m, bound, (m / bound - 1) * 100)
-      i:check(m <= bound * 1.05, "makespan <= 1.05 x scaled lower bound")
+      i:check(m <= bound * (1 + i.env.tolerance), "makespan <= (1 + tolerance) x scaled lower bound")
     end},
     runbook.item{"DAG.4", "The measured critical path matches the graph's", function(i)
       local d = report_of(i)

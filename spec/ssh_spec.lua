@@ -342,6 +342,22 @@ while True:
     end)
   end)
 
+  it("the example host-readiness runbook gates on port, connection and cloud-init", function()
+    local fake = server.dir .. "/fake-cloud-init-ok"
+    write(fake, "#!/bin/sh\n# stand-in for cloud-init (tests only)\necho 'status: done'\n")
+    proc.run{argv = {"chmod", "+x", fake}}
+    local profile = server.dir .. "/site.lua"
+    write(profile, string.format("return {host = '127.0.0.1', port = %d, user = '%s', key = '%s', " ..
+      "known_hosts = '%s', cloud_init = '%s', timeout = 20}\n", server.port, server.user,
+      server.keys.ed25519, server.known_hosts, fake))
+    local src = os.getenv("BOMARUN_SOURCE") or "."
+    local r = assert(proc.run{argv = {os.getenv("BOMARUN_BIN") or "build/bomarun", src .. "/examples/host-readiness.lua",
+                                      "--profile", profile, "--run-dir", server.dir .. "/runs"}, timeout = 120})
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("READY%.2%s+PASS", r.stdout)
+    assert.matches("fingerprint = SHA256:", r.stdout)
+  end)
+
   it("holds 200 concurrent sessions from one process, and reports memory per session", function()
     local n = 200
     local before = host.rss()
