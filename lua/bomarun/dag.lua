@@ -199,7 +199,7 @@ Graph.__index = Graph
 --- A new, empty graph.  `caps` names the resources components may need and
 --- how many holders each allows at once; `concurrency` and `mode` are the
 --- defaults of g:run (and what plan mode's estimate uses); `name` labels
---- log lines and journal events.
+--- log lines and journal events (default "graph").
 ---@param opts? {caps?: table<string, integer>, name?: string, concurrency?: integer, mode?: "fail-fast"|"continue"}
 ---@return bomarun.DagGraph
 function M.new(opts)
@@ -222,7 +222,7 @@ function M.new(opts)
   if opts.mode ~= nil and not MODES[opts.mode] then
     fail(string.format("dag.new: unknown mode '%s' (expected \"fail-fast\" or \"continue\")", tostring(opts.mode)), 2)
   end
-  return setmetatable({name = opts.name or "dag", caps = caps, list = {}, by_name = {}, assumed = {},
+  return setmetatable({name = opts.name or "graph", caps = caps, list = {}, by_name = {}, assumed = {},
                        defaults = {concurrency = opts.concurrency, mode = opts.mode}}, Graph)
 end
 
@@ -786,6 +786,8 @@ local Context = {}
 Context.__index = Context
 
 --- Write a line with the component's prefix to the console and step log.
+---@param fmt string  a string.format format (or the line itself)
+---@param ... any
 function Context:log(fmt, ...)
   local line = select("#", ...) > 0 and string.format(fmt, ...) or tostring(fmt)
   self._say(self.prefix .. " " .. line)
@@ -1109,7 +1111,8 @@ function M.summary_lines(report)
     if counts[s] then parts[#parts + 1] = counts[s] .. " " .. s end
   end
   local out = {string.format("dag %s: %s: %d components: %s; makespan %s s, parallelism %.2fx", report.graph,
-    report.ok and "OK" or (report.interrupted and "INTERRUPTED" or "FAILED"), n, table.concat(parts, ", "),
+    report.ok and "OK" or (report.interrupted and "INTERRUPTED" or "FAILED"), n,
+    #parts > 0 and table.concat(parts, ", ") or "nothing to run",
     fmt_s(report.makespan), report.parallelism)}
   out[#out + 1] = string.format("dag %s: critical path %s s: %s", report.graph, fmt_s(report.critical_path_length),
     table.concat(report.critical_path, " -> "))
