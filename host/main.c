@@ -11,6 +11,7 @@
 
 #include "loop.h"
 #include "mod_host.h"
+#include "mod_http.h"
 #include "mod_json.h"
 #include "mod_proc.h"
 #include "mod_ssh.h"
@@ -144,6 +145,7 @@ int main(int argc, char **argv)
     preload(L, "bomarun._json", luaopen_bomarun__json);
     preload(L, "bomarun._host", luaopen_bomarun__host);
     preload(L, "bomarun._ssh", luaopen_bomarun__ssh);
+    preload(L, "bomarun._http", luaopen_bomarun__http);
     luaL_requiref(L, "bomarun._host", luaopen_bomarun__host, 0);
     lua_pop(L, 1);
     find_lua_dir(luadir, sizeof luadir);

@@ -5,10 +5,13 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake pkg-config git
-  liblua5.4-dev lua5.4 libuv1-dev libjansson-dev
+  liblua5.4-dev lua5.4 libuv1-dev libjansson-dev libssh2-1-dev libcurl4-openssl-dev
+  lua-yaml            # lyaml: clouds.yaml, inline Ansible plays
+  openssh-server openssh-client   # the ssh tests' real sshd, the ssh benchmark
+  python3             # the silent-listener fault test
   lua-busted          # the spec runner (run inside the bomarun host)
   procps              # ps/pgrep for the process-group tests
-  ansible-core        # the start-up benchmark's comparison
+  ansible-core        # bomarun.ansible, and the benchmarks' comparison
 )
 
 missing=()

@@ -678,16 +678,31 @@ describe("dag on the atmosphere deploy graph (47 components)", function()
     assert.equal(data.lower_bound_s, g:simulate{concurrency = 12}.makespan)
   end)
 
-  it("runs scaled down (1 s per 5000 s) within 5% of the scaled lower bound", function()
-    local scale = 1 / 5000
+  it("runs scaled down (1 s per 2500 s) in the schedule the bound assumes, adding under 5%", function()
+    local scale = 1 / 2500
     local g, data = load_atmosphere(function(c)
       return function() task.sleep(c.duration_s * scale) end
     end)
     local r = run_bounded(g, quiet{concurrency = 16})
     assert.is_true(r.ok)
+    local c = r.components
+    assert.is_true(c.ceph.start >= c.kubernetes.finish - 1e-9 and c.iscsi.start >= c.ceph.finish - 1e-9,
+      "apt went to iscsi ahead of the critical path")
+    -- In-process timers are only good to a few ms (libuv counts whole ms
+    -- from a cached loop time), so compare with the same scheduler replayed
+    -- on the durations this run measured: the difference is the executor's
+    -- own overhead.  (bench/dag.lua and the runbook time real processes
+    -- against the data's bound.)
+    local replay = dag.new{caps = data.caps}
+    for _, comp in ipairs(data.components) do
+      replay:add{name = comp.name, depends_on = comp.depends_on, resources = comp.resources,
+                 estimate = c[comp.name].duration, run = function() end}
+    end
+    local ideal = replay:simulate{concurrency = 16}.makespan
+    assert.is_true(r.makespan <= ideal * 1.05, string.format("makespan %.3f s vs replayed %.3f s", r.makespan, ideal))
     local bound = data.lower_bound_s * scale
-    assert.is_true(r.makespan >= bound * 0.98, "faster than the lower bound? " .. r.makespan)
-    assert.is_true(r.makespan <= bound * 1.05 + 0.02, string.format("makespan %.3f s vs bound %.3f s", r.makespan, bound))
+    assert.is_true(r.makespan > bound * 0.85 and r.makespan < bound * 1.15,
+      string.format("makespan %.3f s vs bound %.3f s", r.makespan, bound))
   end)
 end)
 

@@ -1,0 +1,516 @@
+/* mod_http: HTTP on the loop (bomarun._http), libcurl's multi interface
+ * driven by libuv (the pattern of curl's docs/examples/multi-uv.c): curl
+ * tells us which sockets to watch (socket callback) and when to call it
+ * back (timer callback); libuv tells curl when a socket is ready.  One multi
+ * handle per process keeps connections alive between requests.
+ *
+ * A request yields its task; completion pushes {status, headers, body} or
+ * nil, "http: METHOD URL: why", CODE.  A GET/HEAD that fails on a reused
+ * connection the server had silently closed is retried once on a fresh
+ * connection. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <ctype.h>
+
+#include <curl/curl.h>
+#include <lauxlib.h>
+
+#include "lines.h"
+#include "mod_http.h"
+#include "sched.h"
+
+#define MAX_BODY (256u << 20)
+
+struct req {
+    CURL *easy;
+    struct curl_slist *hdrs;
+    char method[16];
+    char *url;
+    char *body;
+    size_t body_len;
+    FILE *upload;
+    FILE *download;
+    char *download_path;
+    struct bm_buf resp;
+    struct bm_buf head;          /* raw response header lines */
+    char errbuf[CURL_ERROR_SIZE];
+    int retried;
+    int waiting;
+    int in_multi;
+    uint64_t t0;
+    struct bm_wait w;
+};
+
+struct sock_ctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+};
+
+static CURLM *g_multi;
+static uv_timer_t g_timer;
+static int g_inited;
+static int g_inflight;   /* the timer keeps the loop alive only while > 0 */
+
+static void inflight(int delta)
+{
+    g_inflight += delta;
+    if (g_inflight > 0)
+        uv_ref((uv_handle_t *)&g_timer);
+    else
+        uv_unref((uv_handle_t *)&g_timer);
+}
+
+/* --- completion --------------------------------------------------------- */
+
+static void req_free(struct req *r)
+{
+    if (r->easy)
+        curl_easy_cleanup(r->easy);
+    curl_slist_free_all(r->hdrs);
+    if (r->upload)
+        fclose(r->upload);
+    if (r->download)
+        fclose(r->download);
+    free(r->download_path);
+    free(r->url);
+    free(r->body);
+    bm_buf_free(&r->resp);
+    bm_buf_free(&r->head);
+    free(r);
+}
+
+/* Pushes the response headers as {lowercased-name = value} (repeated
+ * headers joined with ", ") and returns. */
+static void push_headers(lua_State *L, struct req *r)
+{
+    char *p = r->head.data, *end = p ? p + r->head.len : NULL;
+    lua_newtable(L);
+    while (p && p < end) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *line_end = nl ? nl : end, *colon, *v, *k;
+        size_t klen;
+        if (line_end > p && line_end[-1] == '\r')
+            line_end--;
+        colon = memchr(p, ':', (size_t)(line_end - p));
+        if (colon && strncmp(p, "HTTP/", 5) != 0) {
+            for (k = p; k < colon; k++)
+                *k = (char)tolower((unsigned char)*k);
+            klen = (size_t)(colon - p);
+            v = colon + 1;
+            while (v < line_end && (*v == ' ' || *v == '\t'))
+                v++;
+            lua_pushlstring(L, p, klen);
+            if (lua_rawget(L, -2) == LUA_TSTRING) {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(line_end - v));
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(line_end - v));
+            }
+            lua_pushlstring(L, p, klen);
+            lua_insert(L, -2);
+            lua_rawset(L, -3);
+        }
+        p = nl ? nl + 1 : end;
+    }
+}
+
+static const char *code_for(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT: return "REFUSED";
+    case CURLE_COULDNT_RESOLVE_HOST: return "RESOLVE";
+    case CURLE_OPERATION_TIMEDOUT: return "TIMEOUT";
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE: return "RESET";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE: return "TLS";
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL: return "BAD_URL";
+    case CURLE_READ_ERROR:
+    case CURLE_WRITE_ERROR: return "LOCAL_FILE";
+    default: return "HTTP";
+    }
+}
+
+/* Pushes the outcome: a response table, or nil, message, CODE. */
+static int push_outcome(lua_State *L, struct req *r, CURLcode rc)
+{
+    long status = 0;
+    double dur = (double)(uv_hrtime() - r->t0) / 1e9;
+    if (rc != CURLE_OK) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "http: %s %s: %s", r->method, r->url,
+                        r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
+        lua_pushstring(L, code_for(rc));
+        return 3;
+    }
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, r);
+    lua_setfield(L, -2, "headers");
+    if (!r->download_path) {
+        lua_pushlstring(L, r->resp.data ? r->resp.data : "", r->resp.len);
+        lua_setfield(L, -2, "body");
+    }
+    lua_pushnumber(L, dur);
+    lua_setfield(L, -2, "duration");
+    lua_pushboolean(L, r->retried);
+    lua_setfield(L, -2, "retried");
+    lua_pushstring(L, r->url);
+    lua_setfield(L, -2, "url");
+    return 1;
+}
+
+static int idempotent(const char *m)
+{
+    return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 ||
+           strcmp(m, "OPTIONS") == 0;
+}
+
+/* The connection was reused and the server had closed it: a new one. */
+static int should_retry(struct req *r, CURLcode rc)
+{
+    long fresh = 1;
+    if (r->retried || !idempotent(r->method) || r->download || r->upload)
+        return 0;
+    if (rc != CURLE_SEND_ERROR && rc != CURLE_RECV_ERROR &&
+        rc != CURLE_GOT_NOTHING)
+        return 0;
+    curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &fresh);
+    return fresh == 0;
+}
+
+static void check_done(void)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(g_multi, &left))) {
+        struct req *r;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        curl_multi_remove_handle(g_multi, r->easy);
+        r->in_multi = 0;
+        inflight(-1);
+        if (should_retry(r, msg->data.result)) {
+            CURLcode rc = msg->data.result;
+            (void)rc;
+            r->retried = 1;
+            r->resp.len = 0;
+            r->head.len = 0;
+            r->errbuf[0] = '\0';
+            curl_easy_setopt(r->easy, CURLOPT_FRESH_CONNECT, 1L);
+            curl_multi_add_handle(g_multi, r->easy);
+            r->in_multi = 1;
+            inflight(1);
+            continue;
+        }
+        if (r->waiting) {
+            lua_State *co = sched_wait_state(&r->w);
+            r->waiting = 0;
+            sched_complete(&r->w, push_outcome(co, r, msg->data.result));
+        }
+        req_free(r);
+    }
+}
+
+/* --- libuv <-> libcurl ------------------------------------------------- */
+
+static void on_timeout(uv_timer_t *h)
+{
+    int running;
+    (void)h;
+    curl_multi_socket_action(g_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done();
+}
+
+static int start_timeout(CURLM *m, long ms, void *userp)
+{
+    (void)m;
+    (void)userp;
+    if (ms < 0)
+        uv_timer_stop(&g_timer);
+    else
+        uv_timer_start(&g_timer, on_timeout, (uint64_t)(ms ? ms : 1), 0);
+    return 0;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct sock_ctx *c = h->data;
+    int running, flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(g_multi, c->fd, flags, &running);
+    check_done();
+}
+
+static void ctx_closed(uv_handle_t *h) { free(h->data); }
+
+static int handle_socket(CURL *easy, curl_socket_t s, int action, void *userp,
+                         void *socketp)
+{
+    struct sock_ctx *c = socketp;
+    int events = 0;
+    (void)easy;
+    (void)userp;
+    if (action == CURL_POLL_REMOVE) {
+        if (c) {
+            uv_poll_stop(&c->poll);
+            uv_close((uv_handle_t *)&c->poll, ctx_closed);
+            curl_multi_assign(g_multi, s, NULL);
+        }
+        return 0;
+    }
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return -1;
+        c->fd = s;
+        uv_poll_init_socket(sched_loop(), &c->poll, s);
+        c->poll.data = c;
+        curl_multi_assign(g_multi, s, c);
+    }
+    if (action != CURL_POLL_OUT)
+        events |= UV_READABLE;
+    if (action != CURL_POLL_IN)
+        events |= UV_WRITABLE;
+    uv_poll_start(&c->poll, events, on_poll);
+    return 0;
+}
+
+static void ensure_multi(void)
+{
+    if (g_inited)
+        return;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    g_multi = curl_multi_init();
+    curl_multi_setopt(g_multi, CURLMOPT_SOCKETFUNCTION, handle_socket);
+    curl_multi_setopt(g_multi, CURLMOPT_TIMERFUNCTION, start_timeout);
+    uv_timer_init(sched_loop(), &g_timer);
+    uv_unref((uv_handle_t *)&g_timer);
+    g_inited = 1;
+}
+
+/* --- building a request -------------------------------------------------- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    struct req *r = ud;
+    size_t len = size * n;
+    if (r->download)
+        return fwrite(p, 1, len, r->download);
+    if (r->resp.len + len > MAX_BODY)
+        return 0;   /* CURLE_WRITE_ERROR: refuse unbounded bodies */
+    bm_buf_add(&r->resp, p, len);
+    return len;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    struct req *r = ud;
+    size_t len = size * n;
+    /* A new status line (redirect, 100 Continue): start over. */
+    if (len > 5 && strncmp(p, "HTTP/", 5) == 0)
+        r->head.len = 0;
+    bm_buf_add(&r->head, p, len);
+    return len;
+}
+
+static void req_cancel(struct bm_wait *w)
+{
+    struct req *r = (struct req *)((char *)w - offsetof(struct req, w));
+    r->waiting = 0;
+    if (r->in_multi) {
+        curl_multi_remove_handle(g_multi, r->easy);
+        inflight(-1);
+    }
+    req_free(r);
+}
+
+static double opt_number(lua_State *L, const char *k, double dflt)
+{
+    double v = dflt;
+    if (lua_getfield(L, 1, k) != LUA_TNIL) {
+        if (!lua_isnumber(L, -1))
+            luaL_error(L, "http: %s must be a number", k);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static const char *opt_string(lua_State *L, const char *k)
+{
+    const char *v;
+    lua_getfield(L, 1, k);
+    v = lua_tostring(L, -1);
+    lua_pop(L, 1);   /* the string stays alive in the options table */
+    return v;
+}
+
+static void set_headers(lua_State *L, struct req *r)
+{
+    if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2),
+                                luaL_tolstring(L, -1, NULL));
+                r->hdrs = curl_slist_append(r->hdrs, lua_tostring(L, -1));
+                lua_pop(L, 2);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    /* No 100-continue round trip before uploads. */
+    r->hdrs = curl_slist_append(r->hdrs, "Expect:");
+}
+
+static int open_files(lua_State *L, struct req *r)
+{
+    const char *up = opt_string(L, "body_file");
+    const char *down = opt_string(L, "output_file");
+    if (up) {
+        r->upload = fopen(up, "rb");
+        if (!r->upload) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "http: %s %s: cannot read %s", r->method,
+                            r->url, up);
+            lua_pushliteral(L, "LOCAL_FILE");
+            return 3;
+        }
+    }
+    if (down) {
+        r->download = fopen(down, "wb");
+        r->download_path = strdup(down);
+        if (!r->download) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "http: %s %s: cannot write %s", r->method,
+                            r->url, down);
+            lua_pushliteral(L, "LOCAL_FILE");
+            return 3;
+        }
+    }
+    return 0;
+}
+
+static void set_body(struct req *r)
+{
+    CURL *e = r->easy;
+    if (r->upload) {
+        long size;
+        fseek(r->upload, 0, SEEK_END);
+        size = ftell(r->upload);
+        fseek(r->upload, 0, SEEK_SET);
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_READDATA, r->upload);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+    } else if (r->body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)r->body_len);
+    }
+    if (strcmp(r->method, "HEAD") == 0)
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else if (strcmp(r->method, "GET") != 0 || r->body)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
+}
+
+/* request{method=, url=, headers=, body=, body_file=, output_file=,
+ *         timeout=, connect_timeout=, cainfo=, insecure=}
+ *   -> {status, headers, body, duration, retried, url} | nil, msg, CODE */
+static int l_http_request(lua_State *L)
+{
+    struct req *r;
+    const char *s;
+    size_t n;
+    int rc;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    sched_check_await(L, "http.request");
+    ensure_multi();
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return luaL_error(L, "http: out of memory");
+    s = opt_string(L, "method");
+    snprintf(r->method, sizeof r->method, "%s", s ? s : "GET");
+    s = opt_string(L, "url");
+    if (!s) {
+        free(r);
+        return luaL_error(L, "http.request: url is required");
+    }
+    r->url = strdup(s);
+    if (lua_getfield(L, 1, "body") == LUA_TSTRING) {
+        s = lua_tolstring(L, -1, &n);
+        r->body = malloc(n + 1);
+        memcpy(r->body, s, n);
+        r->body_len = n;
+    }
+    lua_pop(L, 1);
+    if ((rc = open_files(L, r))) {
+        req_free(r);
+        return rc;
+    }
+    r->easy = curl_easy_init();
+    curl_easy_setopt(r->easy, CURLOPT_URL, r->url);
+    curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS,
+                     (long)(opt_number(L, "timeout", 60) * 1000));
+    curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(opt_number(L, "connect_timeout", 10) * 1000));
+    curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "bomarun/" BOMARUN_VERSION);
+    curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    if ((s = opt_string(L, "cainfo")))
+        curl_easy_setopt(r->easy, CURLOPT_CAINFO, s);
+    lua_getfield(L, 1, "insecure");
+    if (lua_toboolean(L, -1)) {
+        curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    lua_pop(L, 1);
+    set_headers(L, r);
+    curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->hdrs);
+    set_body(r);
+    r->t0 = uv_hrtime();
+    r->w.cancel = req_cancel;
+    r->waiting = 1;
+    curl_multi_add_handle(g_multi, r->easy);
+    r->in_multi = 1;
+    inflight(1);
+    lua_settop(L, 0);
+    return sched_await(L, &r->w);
+}
+
+static const luaL_Reg http_funcs[] = {
+    {"request", l_http_request},
+    {NULL, NULL}
+};
+
+int luaopen_bomarun__http(lua_State *L)
+{
+    luaL_newlib(L, http_funcs);
+    lua_pushstring(L, curl_version());
+    lua_setfield(L, -2, "curl_version");
+    return 1;
+}
