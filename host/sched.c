@@ -858,6 +858,178 @@ static int l_cancel_tostring(lua_State *L)
     return 1;
 }
 
+/* --- events: wait until someone sets it -------------------------------- */
+
+#define EVENT_MT "bomarun.event"
+
+struct event_wait {
+    struct bm_wait w;
+    struct event *ev;
+    struct event_wait *next;
+    int has_timer;
+    uv_timer_t timer;
+};
+
+struct event {
+    int set;
+    int values_ref;            /* {n=, ...} given to set() */
+    struct event_wait *waiters;
+};
+
+static void event_wait_closed(uv_handle_t *h) { free(h->data); }
+
+static void event_wait_free(struct event_wait *ew)
+{
+    if (ew->has_timer) {
+        uv_timer_stop(&ew->timer);
+        uv_close((uv_handle_t *)&ew->timer, event_wait_closed);
+    } else {
+        free(ew);
+    }
+}
+
+static void event_unlink(struct event_wait *ew)
+{
+    struct event_wait **pp = &ew->ev->waiters;
+    while (*pp && *pp != ew)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = ew->next;
+}
+
+static void event_wait_cancel(struct bm_wait *w)
+{
+    struct event_wait *ew = (struct event_wait *)w;
+    event_unlink(ew);
+    event_wait_free(ew);
+}
+
+static void event_timed_out(uv_timer_t *h)
+{
+    struct event_wait *ew = h->data;
+    lua_State *co = sched_wait_state(&ew->w);
+    event_unlink(ew);
+    lua_pushnil(co);
+    lua_pushliteral(co, "the event was not set before the wait's timeout");
+    lua_pushliteral(co, "TIMEOUT");
+    sched_complete(&ew->w, 3);
+    uv_close((uv_handle_t *)h, event_wait_closed);
+}
+
+/* Pushes true, values... of a set event; returns the count. */
+static int push_event_values(lua_State *L, struct event *ev)
+{
+    int n, i;
+    lua_pushboolean(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ev->values_ref);
+    lua_getfield(L, -1, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n + 2, "too many values");
+    for (i = 1; i <= n; i++)
+        lua_rawgeti(L, -i, i);
+    lua_remove(L, -(n + 1));
+    return n + 1;
+}
+
+/* event() -> event */
+static int l_sched_event(lua_State *L)
+{
+    struct event *ev = lua_newuserdatauv(L, sizeof *ev, 0);
+    memset(ev, 0, sizeof *ev);
+    ev->values_ref = LUA_NOREF;
+    luaL_setmetatable(L, EVENT_MT);
+    return 1;
+}
+
+/* ev:wait([timeout]) -> true, values... | nil, msg, "TIMEOUT" */
+static int l_event_wait(lua_State *L)
+{
+    struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    struct event_wait *ew;
+    int timed = !lua_isnoneornil(L, 2);
+    uint64_t ms = timed ? to_ms(L, 2) : 0;
+    if (ev->set)
+        return push_event_values(L, ev);
+    sched_check_await(L, "event:wait");
+    ew = calloc(1, sizeof *ew);
+    if (!ew)
+        return luaL_error(L, "event:wait: out of memory");
+    ew->w.cancel = event_wait_cancel;
+    ew->ev = ev;
+    ew->next = ev->waiters;
+    ev->waiters = ew;
+    if (timed) {
+        ew->has_timer = 1;
+        uv_timer_init(g_loop, &ew->timer);
+        ew->timer.data = ew;
+        uv_timer_start(&ew->timer, event_timed_out, ms, 0);
+    }
+    lua_settop(L, 1);   /* the event stays referenced while waited on */
+    return sched_await(L, &ew->w);
+}
+
+/* ev:set(values...) -> ; wakes every waiter (and later waits return at
+ * once until clear) */
+static int l_event_set(lua_State *L)
+{
+    struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    int n = lua_gettop(L) - 1, i;
+    struct event_wait *ew;
+    lua_createtable(L, n, 1);
+    for (i = 1; i <= n; i++) {
+        lua_pushvalue(L, i + 1);
+        lua_rawseti(L, -2, i);
+    }
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    luaL_unref(L, LUA_REGISTRYINDEX, ev->values_ref);
+    ev->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ev->set = 1;
+    ew = ev->waiters;
+    ev->waiters = NULL;
+    while (ew) {
+        struct event_wait *next = ew->next;
+        lua_State *co = sched_wait_state(&ew->w);
+        sched_complete(&ew->w, push_event_values(co, ev));
+        event_wait_free(ew);
+        ew = next;
+    }
+    return 0;
+}
+
+/* ev:clear() -> ; later waits wait again */
+static int l_event_clear(lua_State *L)
+{
+    struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    ev->set = 0;
+    return 0;
+}
+
+/* ev:is_set() -> boolean */
+static int l_event_is_set(lua_State *L)
+{
+    struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    lua_pushboolean(L, ev->set);
+    return 1;
+}
+
+static int l_event_gc(lua_State *L)
+{
+    struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    if (!g_closing)
+        luaL_unref(L, LUA_REGISTRYINDEX, ev->values_ref);
+    return 0;
+}
+
+static const luaL_Reg event_methods[] = {
+    {"wait", l_event_wait},
+    {"set", l_event_set},
+    {"clear", l_event_clear},
+    {"is_set", l_event_is_set},
+    {NULL, NULL}
+};
+
 static const luaL_Reg task_methods[] = {
     {"wait", l_task_wait},
     {"cancel", l_task_cancel},
@@ -887,6 +1059,7 @@ static const luaL_Reg sched_funcs[] = {
     {"on_signal", l_sched_on_signal},
     {"cancel_error", l_sched_cancel_error},
     {"cancel_code", l_sched_cancel_code},
+    {"event", l_sched_event},
     {NULL, NULL}
 };
 
@@ -907,6 +1080,12 @@ void sched_init(lua_State *L, uv_loop_t *loop)
     luaL_newmetatable(L, TASK_MT);
     luaL_setfuncs(L, task_meta, 0);
     luaL_newlib(L, task_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, EVENT_MT);
+    lua_pushcfunction(L, l_event_gc);
+    lua_setfield(L, -2, "__gc");
+    luaL_newlib(L, event_methods);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, CANCEL_MT);

@@ -112,6 +112,14 @@ local function run_bounded(g, opts, bound)
   return r
 end
 
+-- A timer starts from libuv's cached loop time, which goes stale while Lua
+-- runs without waiting (a run of tests that never yield): the first sleep
+-- after that ends early.  One short sleep lets the loop refresh its clock,
+-- so the timing tests start from an accurate one.
+local function fresh_clock()
+  task.sleep(0.001)
+end
+
 local function quiet(opts)
   opts = opts or {}
   opts.quiet = true
@@ -208,6 +216,8 @@ end)
 -- Scheduling ------------------------------------------------------------------
 
 describe("dag scheduling", function()
+  before_each(fresh_clock)
+
   it("reports start, finish, duration, wait, makespan, parallelism and the critical path", function()
     local g = dag.new{}
     g:add{name = "a", run = sleeper(0.1)}
@@ -304,6 +314,8 @@ end)
 -- The seed's bugs, one regression test each ------------------------------------
 
 describe("dag regressions from the seed (atmosphere's parallel orchestrator)", function()
+  before_each(fresh_clock)
+
   it("wave barrier: a short component does not wait for an unrelated long one of the same wave", function()
     -- Seed: a 9 s component (deps: cert-manager only) sat idle for 340 s
     -- waiting for ceph, because both were in the same Kahn wave.
@@ -502,6 +514,8 @@ end)
 -- Failure modes -------------------------------------------------------------
 
 describe("dag failure modes", function()
+  before_each(fresh_clock)
+
   it("fail-fast cancels everything running, kills the process groups and returns within seconds", function()
     local d = tmpdir()
     local g = dag.new{}
@@ -589,6 +603,8 @@ end)
 -- Journal, log and plan ---------------------------------------------------------
 
 describe("dag in a runbook step", function()
+  before_each(fresh_clock)
+
   it("journals dag_component per component, a dag_report, and logs [name] lines to the step log", function()
     local events, lines = {}, {}
     local fake_step = {event = function(_, ev) events[#events + 1] = ev end}
@@ -664,6 +680,8 @@ local function load_atmosphere(run_fn)
 end
 
 describe("dag on the atmosphere deploy graph (47 components)", function()
+  before_each(fresh_clock)
+
   it("the scheduler's simulated makespan equals the lower bound the data gives (2493 s)", function()
     local g, data = load_atmosphere()
     assert.equal(47, #g:names())
@@ -792,6 +810,8 @@ local function instrumented(specs, caps)
 end
 
 describe("dag properties on seeded random graphs", function()
+  before_each(fresh_clock)
+
   it("300 graphs: every part runs once, after all its dependencies; caps and concurrency hold; no deadlock", function()
     local t0 = task.now()
     for seed = 1, 300 do

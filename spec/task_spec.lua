@@ -160,6 +160,43 @@ describe("task", function()
     assert.matches("table.sort", err)
   end)
 
+  it("events wake every waiter with the values given to set", function()
+    local ev = task.event()
+    local got = {}
+    local ws = {}
+    for k = 1, 3 do ws[k] = task.spawn(function() local _, v = ev:wait() got[k] = v end) end
+    task.sleep(0.01)
+    assert.same({}, got)
+    ev:set("go")
+    for k = 1, 3 do ws[k]:wait() end
+    assert.same({"go", "go", "go"}, got)
+    assert.same({true, "go"}, {ev:wait()})      -- stays set
+    ev:clear()
+    local v, _, code = ev:wait(0.02)
+    assert.is_nil(v)
+    assert.equal("TIMEOUT", code)
+  end)
+
+  it("semaphores bound concurrency and hand units over in arrival order", function()
+    local sem = task.semaphore(2)
+    local running, peak, order = 0, 0, {}
+    local fns = {}
+    for k = 1, 6 do
+      fns[k] = function()
+        sem:with(function()
+          running = running + 1
+          peak = math.max(peak, running)
+          order[#order + 1] = k
+          task.sleep(0.01)
+          running = running - 1
+        end)
+      end
+    end
+    task.parallel(fns)
+    assert.equal(2, peak)
+    assert.same({1, 2, 3, 4, 5, 6}, order)
+  end)
+
   it("keeps task-local context visible to children", function()
     task.current():locals().probe = "here"
     local seen = task.spawn(function() return task.context("probe") end)

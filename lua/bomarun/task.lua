@@ -50,6 +50,65 @@ function M.current()
   return sched.current()
 end
 
+---@class bomarun.Event
+---@field wait fun(self: bomarun.Event, timeout?: number): boolean|nil, ...
+---@field set fun(self: bomarun.Event, ...)
+---@field clear fun(self: bomarun.Event)
+---@field is_set fun(self: bomarun.Event): boolean
+
+--- An event: tasks wait on it until some task sets it (with values that
+--- every wait returns after `true`); it stays set until cleared.
+---@return bomarun.Event
+function M.event()
+  return sched.event()
+end
+
+---@class bomarun.Semaphore
+local Semaphore = {}
+Semaphore.__index = Semaphore
+
+--- Take one unit, waiting (in arrival order) while none is free.
+---@param timeout? number
+---@return boolean|nil ok, string|nil err, string|nil code
+function Semaphore:acquire(timeout)
+  if self.free > 0 and #self.queue == 0 then
+    self.free = self.free - 1
+    return true
+  end
+  local ev = sched.event()
+  self.queue[#self.queue + 1] = ev
+  local ok, err, code = ev:wait(timeout)
+  if not ok then
+    for k, e in ipairs(self.queue) do
+      if e == ev then table.remove(self.queue, k) break end
+    end
+    return nil, err, code
+  end
+  return true
+end
+
+--- Give one unit back (to the longest waiter, if any).
+function Semaphore:release()
+  local ev = table.remove(self.queue, 1)
+  if ev then ev:set() else self.free = self.free + 1 end
+end
+
+--- Run fn(...) holding one unit; released however fn ends.
+function Semaphore:with(fn, ...)
+  assert(self:acquire())
+  local r = table.pack(pcall(fn, ...))
+  self:release()
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+--- A counting semaphore with n units.
+---@param n integer
+---@return bomarun.Semaphore
+function M.semaphore(n)
+  return setmetatable({free = n, queue = {}}, Semaphore)
+end
+
 --- Monotonic clock in seconds.
 ---@return number
 function M.now()
