@@ -435,7 +435,7 @@ end
 local function new_state(self, concurrency)
   local order = checked(self, 3)
   local dflt = default_estimate(self.list)
-  local S = {graph = self, jobs = {}, comps = {}, ready = {}, running = 0, limit = concurrency or math.huge,
+  local S = {jobs = {}, comps = {}, ready = {}, running = 0, limit = concurrency or math.huge,
              free = {}, dependents = {}, topo = order}
   for name, cap in pairs(self.caps) do S.free[name] = cap end
   for _, c in ipairs(self.list) do
@@ -467,14 +467,12 @@ local function new_state(self, concurrency)
   end
   -- Rank: own estimate plus the longest chain of jobs waiting on this
   -- component, computed dependents first (reverse topological order).
-  local tail = {}
   for k = #order, 1, -1 do
     local c = order[k]
     local t = 0
     for _, j in ipairs(S.dependents[c.name]) do
       if j.rank > t then t = j.rank end
     end
-    tail[c.name] = t
     local cs = S.comps[c.name]
     for _, kind in ipairs{"main", "pre"} do
       local j = cs.parts[kind]
@@ -536,7 +534,7 @@ end
 -- A component can no longer complete (a part failed, or something it
 -- depends on did): skip its parts that have not started and, transitively,
 -- everything that depends on it.  Running parts are left alone.
-local function doom(S, cs, root, why, now, touched)
+local function doom(S, cs, root, why, touched)
   if cs.doomed then return end
   cs.doomed, cs.doom_why = root, why
   touched[#touched + 1] = cs
@@ -545,13 +543,12 @@ local function doom(S, cs, root, why, now, touched)
     if j and (j.state == "waiting" or j.state == "ready") then
       if j.state == "ready" then remove_ready(S, j) end
       j.state = "skipped"
-      j.finish_at = now
       j.reason = root == cs.name and ("its " .. (kind == "main" and "pre" or "main") .. " part " .. why)
         or ("depends on " .. why .. " '" .. root .. "'")
     end
   end
   for _, j in ipairs(S.dependents[cs.name]) do
-    doom(S, j.cs, root, why, now, touched)
+    doom(S, j.cs, root, why, touched)
   end
 end
 
@@ -574,7 +571,7 @@ local function complete(S, job, outcome, now)
       end
     end
   else
-    doom(S, cs, cs.name, outcome, now, touched)
+    doom(S, cs, cs.name, outcome, touched)
   end
   return touched
 end
@@ -862,6 +859,7 @@ function Graph:run(opts)
   end
 
   local function run_part(job)
+    job.began = true
     local ctx = setmetatable({name = job.name, part = job.kind, prefix = "[" .. job.label .. "]", _say = say}, Context)
     local fn = job.fn
     if job.timeout then
@@ -966,6 +964,11 @@ function Graph:run(opts)
       if job.state == "running" and job.task and not job.cancel_reason then
         job.cancel_reason = reason
         job.task:cancel(reason, code or "CANCELLED")
+        -- A task cancelled before its first resume never runs its body, so
+        -- it would never report: report for it.
+        if not job.began then
+          S.done_queue[#S.done_queue + 1] = {job = job, outcome = "cancelled", err = reason, at = now()}
+        end
       end
     end
   end
@@ -1036,7 +1039,7 @@ function Graph:run(opts)
   for _, job in ipairs(S.jobs) do
     if job.state ~= "ok" then
       -- a component that cannot complete
-      if not job.cs.doomed and job.state ~= "skipped" then doom(S, job.cs, job.name, job.state, t_end, touched) end
+      if not job.cs.doomed and job.state ~= "skipped" then doom(S, job.cs, job.name, job.state, touched) end
     end
   end
 
