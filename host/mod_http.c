@@ -369,8 +369,9 @@ static void set_headers(lua_State *L, struct req *r)
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             if (lua_type(L, -2) == LUA_TSTRING) {
-                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2),
-                                luaL_tolstring(L, -1, NULL));
+                const char *k = lua_tostring(L, -2);
+                const char *v = luaL_tolstring(L, -1, NULL);
+                lua_pushfstring(L, "%s: %s", k, v);
                 r->hdrs = curl_slist_append(r->hdrs, lua_tostring(L, -1));
                 lua_pop(L, 2);
             }
