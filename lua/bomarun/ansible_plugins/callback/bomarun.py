@@ -87,7 +87,7 @@ def _message(r, status):
                     parts.append('item %s: %s' % (_text(item.get('item'), 200), m))
                 break
         return _text(': '.join(p for p in parts if p)) or None
-    if msg is not None:
+    if msg is not None and msg != '':
         return _text(msg)
     return None
 

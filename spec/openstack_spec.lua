@@ -1,0 +1,268 @@
+-- bomarun.openstack against the real local cloud of the test stack
+-- (tests/stack/openstack: Keystone, Glance, Nova with the fake driver,
+-- Neutron, Octavia with noop drivers, on 127.0.0.1), started once per test
+-- run by scripts/test (or here, if it is not running yet).
+local openstack = require "bomarun.openstack"
+local json = require "bomarun.json"
+local proc = require "bomarun.proc"
+local task = require "bomarun.task"
+local host = require "bomarun._host"
+
+local SRC = os.getenv("BOMARUN_SOURCE") or "."
+local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
+local STATE = os.getenv("BOMARUN_OPENSTACK_DIR") or "/tmp/bomarun-openstack"
+local CLOUDS = STATE .. "/clouds.yaml"
+
+local admin, member
+
+local function unique(prefix)
+  return prefix .. "-" .. host.random_hex(4)
+end
+
+local function read_env_file(path)
+  local env = {}
+  for line in io.lines(path) do
+    local k, v = line:match("^export%s+([%w_]+)=(.*)$")
+    if k then env[k] = v:gsub("^['\"]", ""):gsub("['\"]$", "") end
+  end
+  return env
+end
+
+-- Run a chunk in a fresh bomarun with the given environment.
+local function bomarun_e(code, env)
+  return assert(proc.run{argv = {BIN, "-e", code}, env = env, timeout = 120})
+end
+
+local function catalog_has(h, service_type)
+  return h:endpoint(service_type) ~= nil
+end
+
+describe("openstack against the local cloud", function()
+  setup(function()
+    local r = assert(proc.run{argv = {SRC .. "/scripts/openstack-stack", "start", STATE}, timeout = 900})
+    assert(r.code == 0, "the local cloud did not start:\n" .. r.stdout .. r.stderr)
+    admin = assert(openstack.connect{cloud = "bomarun-admin", retries = 2})
+    member = assert(openstack.connect{cloud = "bomarun-member", retries = 2})
+  end)
+
+  describe("credentials and scope", function()
+    it("loads clouds.yaml from OS_CLIENT_CONFIG_FILE and OS_* variables from an openrc", function()
+      local code = [[
+        local openstack = require "bomarun.openstack"
+        local h = assert(openstack.connect(... == "env" and nil or {cloud = "bomarun-admin"}))
+        print(h:scope_description(), h:has_role("admin"))
+      ]]
+      local r = bomarun_e(code:gsub("%.%.%. == \"env\"", "false"), {OS_CLIENT_CONFIG_FILE = CLOUDS})
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("project Default/admin\ttrue", r.stdout)
+      local env = read_env_file(STATE .. "/admin-openrc")
+      r = bomarun_e(code:gsub("%.%.%. == \"env\"", "true"), env)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("project Default/admin\ttrue", r.stdout)
+    end)
+
+    it("authenticates with an application credential", function()
+      local h = assert(openstack.connect{cloud = "bomarun-appcred"})
+      assert.matches("capi%-mgmt", h:scope_description())
+      local _, err, code = h:scoped{project = "admin", domain = "Default"}
+      assert.equal("SCOPE", code)
+      assert.matches("application credential", err)
+    end)
+
+    it("keeps scopes apart: a member handle gets 403 where the admin one succeeds", function()
+      assert.matches("capi/capi%-mgmt", member:scope_description())
+      assert.are_not.equal(member.token, admin.token)
+      local body, status = admin:request("GET", "identity", "/v3/users")
+      assert.equal(200, status)
+      assert.is_table(body.users)
+      local mbody, mstatus, mheaders = member:request("GET", "identity", "/v3/users")
+      assert.equal(403, mstatus)
+      assert.matches("not authorized", openstack.fault_message(mbody):lower())
+      assert.truthy(mheaders["x-openstack-request-id"])
+      local _, err, code = member:call("GET", "identity", "/v3/users")
+      assert.equal("HTTP_403", code)
+      assert.matches("openstack: GET http://127%.0%.0%.1:%d+/v3/users: 403: ", err)
+      assert.matches("request id req%-", err)
+      assert.is_nil(err:find(member.token, 1, true), "the token leaked into an error")
+    end)
+
+    it("scoped{} gives a second handle on the same connection with its own token", function()
+      local p = assert(admin:scoped{project = "capi-mgmt", domain = "capi"})
+      assert.matches("capi/capi%-mgmt", p:scope_description())
+      assert.are_not.equal(p.token, admin.token)
+      assert.equal(p, admin:scoped{project = "capi-mgmt", domain = "capi"})
+      local sys = assert(admin:scoped{system = "all"})
+      assert.equal("system", sys:scope_description())
+    end)
+
+    it("re-issues a token that is about to expire, and once on a 401", function()
+      local h = assert(openstack.connect{cloud = "bomarun-admin"})
+      local first = h.token
+      h.expires_at = os.time() + 10          -- inside the renewal window
+      assert(h:call("GET", "identity", "/v3/projects"))
+      assert.are_not.equal(first, h.token)
+      -- Revoke the current token behind the handle's back: the next call
+      -- gets a 401, authenticates again, and succeeds.
+      local revoked = h.token
+      local _, status = admin:request("DELETE", "identity", "/v3/auth/tokens",
+                                      {headers = {["X-Subject-Token"] = revoked}})
+      assert.equal(204, status)
+      assert(h:call("GET", "identity", "/v3/projects"))
+      assert.are_not.equal(revoked, h.token)
+    end)
+
+    it("resolves projects by name within a domain", function()
+      local p = assert(admin.identity:project("capi-mgmt", "capi"))
+      assert.equal("capi-mgmt", p.name)
+      local _, err, code = admin.identity:project("no-such-project-" .. host.random_hex(3), "capi")
+      assert.equal("NOT_FOUND", code)
+      assert.matches("no project named", err)
+    end)
+  end)
+
+  describe("image", function()
+    local file, size
+    setup(function()
+      file = os.tmpname()
+      local r = proc.run{shell = "head -c 3145728 /dev/urandom > " .. file}
+      assert(r.code == 0)
+      size = 3145728
+    end)
+    teardown(function() os.remove(file) end)
+
+    it("creates with properties, uploads, waits active, verifies the checksum, updates properties", function()
+      local name = unique("bomarun-spec-image")
+      local img = assert(admin.image:create{name = name, disk_format = "qcow2", container_format = "bare",
+                                            kube_version = "v1.34.8", os_distro = "ubuntu"})
+      finally(function() admin.image:delete(img.id) end)
+      assert.equal("queued", img.status)
+      assert(admin.image:upload(img.id, file))
+      assert.equal("active", admin.image:wait_active(img.id, {timeout = 60, interval = 0.2}))
+      local got = assert(admin.image:find(name))
+      assert.equal(img.id, got.id)
+      assert.equal(size, got.size)
+      assert.equal("v1.34.8", got.kube_version)
+      local v = assert(admin.image:verify(img.id, file))
+      assert.equal("sha512", v.algo)
+      assert(admin.image:set_properties(img.id, {kube_version = "v1.35.0", os_distro = json.null}))
+      got = assert(admin.image:show(img.id))
+      assert.equal("v1.35.0", got.kube_version)
+      assert.is_nil(got.os_distro)
+      local other = os.tmpname()
+      proc.run{shell = "head -c 1000 /dev/urandom > " .. other}
+      local ok, err, code = admin.image:verify(img.id, other)
+      os.remove(other)
+      assert.is_nil(ok)
+      assert.equal("CHECKSUM", code)
+      assert.matches("differs", err)
+    end)
+
+    it("imports with glance-direct", function()
+      local img = assert(admin.image:create{name = unique("bomarun-spec-direct"), disk_format = "raw",
+                                            container_format = "bare"})
+      finally(function() admin.image:delete(img.id) end)
+      assert(admin.image:stage(img.id, file))
+      assert(admin.image:import(img.id, "glance-direct"))
+      assert.equal("active", admin.image:wait_active(img.id, {timeout = 60, interval = 0.2}))
+    end)
+
+    it("hides another project's private image from a member (404)", function()
+      local img = assert(admin.image:create{name = unique("bomarun-spec-private"), disk_format = "raw",
+                                            container_format = "bare", visibility = "private"})
+      finally(function() admin.image:delete(img.id) end)
+      local _, _, code = member.image:show(img.id)
+      assert.equal("HTTP_404", code)
+    end)
+
+    it("follows pagination with a small page size", function()
+      local ids = {}
+      local prefix = unique("bomarun-spec-page")
+      for k = 1, 3 do
+        ids[k] = assert(admin.image:create{name = prefix .. "-" .. k, disk_format = "raw",
+                                           container_format = "bare"}).id
+      end
+      finally(function() for _, id in ipairs(ids) do admin.image:delete(id) end end)
+      local items = assert(admin.image.images:list({}, {page_size = 1}))
+      local seen = 0
+      for _, it in ipairs(items) do if it.name:sub(1, #prefix) == prefix then seen = seen + 1 end end
+      assert.equal(3, seen)
+      assert.is_true(items.pages >= 3, "only " .. tostring(items.pages) .. " pages")
+      local limited = assert(admin.image.images:list({}, {page_size = 1, limit = 2}))
+      assert.equal(2, #limited)
+    end)
+  end)
+
+  describe("compute", function()
+    it("creates a server, waits ACTIVE, stops, starts, reboots and deletes it", function()
+      if not catalog_has(admin, "compute") then error("no compute endpoint in the local cloud") end
+      local flavor = assert(admin.compute.flavors:list())[1]
+      assert(flavor, "the local cloud has no flavor")
+      local img = assert(admin.image:create{name = unique("bomarun-spec-srvimg"), disk_format = "raw",
+                                            container_format = "bare"})
+      finally(function() admin.image:delete(img.id) end)
+      local tmp = os.tmpname()
+      proc.run{shell = "head -c 1024 /dev/zero > " .. tmp}
+      assert(admin.image:upload(img.id, tmp))
+      os.remove(tmp)
+      admin.image:wait_active(img.id, {timeout = 60, interval = 0.2})
+      local srv = assert(admin.compute.servers:create{name = unique("bomarun-spec-server"), imageRef = img.id,
+                                                      flavorRef = flavor.id, networks = "none"})
+      finally(function() admin.compute.servers:delete(srv.id) end)
+      assert.equal("ACTIVE", admin.compute.servers:wait(srv.id, {timeout = 120, interval = 0.3}))
+      assert(admin.compute:stop(srv.id))
+      assert.equal("SHUTOFF", admin.compute.servers:wait(srv.id, {ok = {"SHUTOFF"}, timeout = 60, interval = 0.3}))
+      assert(admin.compute:start(srv.id))
+      assert.equal("ACTIVE", admin.compute.servers:wait(srv.id, {timeout = 60, interval = 0.3}))
+      assert(admin.compute:reboot(srv.id))
+      assert.equal("ACTIVE", admin.compute.servers:wait(srv.id, {timeout = 60, interval = 0.3}))
+      local all = assert(admin.compute:all_servers())
+      local found = false
+      for _, s in ipairs(all) do if s.id == srv.id then found = true end end
+      assert.is_true(found)
+      assert(admin.compute.servers:delete(srv.id))
+      assert.equal("DELETED", admin.compute.servers:wait_deleted(srv.id, {timeout = 60, interval = 0.3}))
+    end)
+  end)
+
+  describe("network", function()
+    it("builds network, subnet and router, then cleans up in dependency order", function()
+      local n = assert(admin.network.networks:create{name = unique("bomarun-spec-net")})
+      local sn = assert(admin.network.subnets:create{name = unique("bomarun-spec-subnet"), network_id = n.id,
+                                                     ip_version = 4, cidr = "127.66.0.0/24", enable_dhcp = false})
+      local rt = assert(admin.network.routers:create{name = unique("bomarun-spec-router")})
+      assert(admin.network:add_interface(rt.id, sn.id))
+      -- The wrong order is refused by Neutron: the subnet is in use.
+      local _, _, code = admin.network.subnets:delete(sn.id)
+      assert.equal("HTTP_409", code)
+      assert(admin.network:remove_interface(rt.id, sn.id))
+      assert(admin.network.routers:delete(rt.id))
+      assert(admin.network.subnets:delete(sn.id))
+      assert(admin.network.networks:delete(n.id))
+      local _, _, gone = admin.network.networks:show(n.id)
+      assert.equal("HTTP_404", gone)
+    end)
+  end)
+
+  describe("load balancer", function()
+    it("creates an LB to ACTIVE, fails it over (admin) to ACTIVE; a member gets 403 on failover", function()
+      local n = assert(admin.network.networks:create{name = unique("bomarun-spec-lbnet")})
+      finally(function() admin.network.networks:delete(n.id) end)
+      local sn = assert(admin.network.subnets:create{network_id = n.id, ip_version = 4, cidr = "127.67.0.0/24",
+                                                     enable_dhcp = false})
+      finally(function() admin.network.subnets:delete(sn.id) end)
+      local lb = assert(admin.loadbalancer.loadbalancers:create{name = unique("bomarun-spec-lb"),
+                                                                vip_subnet_id = sn.id})
+      finally(function()
+        admin.loadbalancer.loadbalancers:delete(lb.id)
+        admin.loadbalancer.loadbalancers:wait_deleted(lb.id, {timeout = 60, interval = 0.5})
+      end)
+      assert.equal("ACTIVE", admin.loadbalancer:wait_active(lb.id, {timeout = 120, interval = 0.3}))
+      local p = assert(admin:scoped{project = "capi-mgmt", domain = "capi"})
+      local _, _, mcode = member.loadbalancer:failover(lb.id)
+      assert.is_true(mcode == "HTTP_403" or mcode == "HTTP_404", "a member failed over an admin LB: " .. tostring(mcode))
+      local _ = p
+      assert(admin.loadbalancer:failover(lb.id))
+      assert.equal("ACTIVE", admin.loadbalancer:wait_active(lb.id, {timeout = 120, interval = 0.3}))
+    end)
+  end)
+end)
