@@ -197,7 +197,7 @@ static void start_stage(struct proc *p, int stage, uint64_t ms)
 {
     p->stage = stage;
     uv_timer_stop(&p->timer);
-    uv_timer_start(&p->timer, on_timer, ms, 0);
+    bm_timer_start(&p->timer, on_timer, ms, 0);
 }
 
 static void terminate(struct proc *p)
@@ -530,7 +530,7 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
         close_handle(p, (uv_handle_t *)&p->pipes[0]);
     }
     if (p->timeout_ms)
-        uv_timer_start(&p->timer, on_timer, p->timeout_ms, 0);
+        bm_timer_start(&p->timer, on_timer, p->timeout_ms, 0);
     return 0;
 }
 

@@ -464,7 +464,7 @@ static void start_op(struct op *op)
     op->linked = 1;
     op->t0 = uv_hrtime();
     if (op->timeout_ms)
-        uv_timer_start(&op->timer, op_timed_out, op->timeout_ms, 0);
+        bm_timer_start(&op->timer, op_timed_out, op->timeout_ms, 0);
 }
 
 static struct op *new_op(struct sess *s, int kind, int (*step)(struct op *))
@@ -896,7 +896,7 @@ static int step_connect(struct op *op)
         }
         s->connected = 1;
         if (s->keepalive_s > 0) {
-            uv_timer_start(&s->keepalive, on_keepalive,
+            bm_timer_start(&s->keepalive, on_keepalive,
                            (uint64_t)s->keepalive_s * 1000,
                            (uint64_t)s->keepalive_s * 1000);
             uv_unref((uv_handle_t *)&s->keepalive);

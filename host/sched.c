@@ -587,7 +587,7 @@ static int l_sched_sleep(lua_State *L)
     tw->w.cancel = sleep_cancel;
     uv_timer_init(g_loop, &tw->timer);
     tw->timer.data = tw;
-    uv_timer_start(&tw->timer, timer_fired, ms, 0);
+    bm_timer_start(&tw->timer, timer_fired, ms, 0);
     lua_settop(L, 0);
     return sched_await(L, &tw->w);
 }
@@ -667,7 +667,7 @@ static int l_task_wait(lua_State *L)
         j->has_timer = 1;
         uv_timer_init(g_loop, &j->timer);
         j->timer.data = j;
-        uv_timer_start(&j->timer, join_timed_out, ms, 0);
+        bm_timer_start(&j->timer, join_timed_out, ms, 0);
     }
     lua_settop(L, 0);
     return sched_await(L, &j->w);
@@ -963,7 +963,7 @@ static int l_event_wait(lua_State *L)
         ew->has_timer = 1;
         uv_timer_init(g_loop, &ew->timer);
         ew->timer.data = ew;
-        uv_timer_start(&ew->timer, event_timed_out, ms, 0);
+        bm_timer_start(&ew->timer, event_timed_out, ms, 0);
     }
     lua_settop(L, 1);   /* the event stays referenced while waited on */
     return sched_await(L, &ew->w);
@@ -1141,7 +1141,7 @@ int sched_drain(int ms)
     /* An unreferenced timer bounds each blocking turn without keeping the
      * loop alive by itself. */
     uv_timer_init(g_loop, &guard);
-    uv_timer_start(&guard, guard_fired, (uint64_t)ms, 0);
+    bm_timer_start(&guard, guard_fired, (uint64_t)ms, 0);
     uv_unref((uv_handle_t *)&guard);
     for (;;) {
         run_ready();

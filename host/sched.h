@@ -33,6 +33,16 @@ struct bm_resource {
 void sched_own(struct bm_resource *r);
 void sched_disown(struct bm_resource *r);
 
+/* uv_timer_start measures from the loop's cached clock, which is stale
+ * after Lua ran for a while without yielding; every timer the host starts
+ * goes through here so "in 100 ms" means from now. */
+static inline int bm_timer_start(uv_timer_t *t, uv_timer_cb cb, uint64_t ms,
+                                 uint64_t repeat)
+{
+    uv_update_time(t->loop);
+    return uv_timer_start(t, cb, ms, repeat);
+}
+
 void sched_init(lua_State *L, uv_loop_t *loop);
 uv_loop_t *sched_loop(void);
 lua_State *sched_main_state(void);

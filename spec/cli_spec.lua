@@ -400,7 +400,7 @@ return runbook{id = "spin", title = "t",
       assert.truthy(read(dir .. "/summary.txt"))
       -- kill -9 cannot be caught: the step's processes are the operator's to
       -- stop (the report lists the ledger).  Stop ours by pid.
-      proc.run{argv = {"kill", "-9", tostring(gc)}}
+      proc.run{shell = "kill -9 -- -$(ps -o pgid= -p " .. gc .. " | tr -d ' ')"}
     end)
   end)
 end)

@@ -842,20 +842,14 @@ function Graph:run(opts)
     concurrency and tostring(concurrency) or "unlimited"))
   if #assumed > 0 then say("dag " .. self.name .. ": assuming done (outside the subset): " .. table.concat(assumed, ", ")) end
 
-  -- The doorbell: the coordinator waits on a sleeping task; a finished part
-  -- cancels it to wake the coordinator.
-  local function ring()
-    local b = S.bell
-    if b then
-      S.bell = nil
-      b:cancel("dag: a part finished")
-    end
-  end
+  -- The doorbell: the coordinator waits on an event that a finished part
+  -- sets; a ring while the coordinator is busy stays set until it looks.
+  local bell = task.event()
+  local function ring() bell:set() end
   local function wait_bell(seconds)
-    S.bell = task.spawn_named("dag " .. self.name .. " wake", task.sleep, seconds or 1e9)
-    local ok = S.bell:wait()
-    S.bell = nil
-    return ok   -- true: the time ran out
+    local rung = bell:wait(seconds)
+    bell:clear()
+    return not rung   -- true: the time ran out
   end
 
   local function run_part(job)
