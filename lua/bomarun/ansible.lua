@@ -447,6 +447,8 @@ end
 -- to exit, then the directory goes.  Called with wait = false from a
 -- cancelled task, which cannot wait: the cleaner then runs detached.
 local CLEAN_SCRIPT = [[
+i=0
+while [ -n "$2" ] && [ $i -lt 100 ] && kill -0 -- "-$2" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
 for s in "$1"/cp/*; do
   [ -S "$s" ] && ssh -F /dev/null -o ControlPath="$s" -O exit bomarun-ansible >/dev/null 2>&1
 done
@@ -460,7 +462,8 @@ local function remove_private(w, can_wait)
   for _, f in ipairs(w.files) do os.remove(f) end
   for _, d in ipairs({"/local", "/remote", "/cp"}) do os.remove(w.tmp .. d) end
   if os.remove(w.tmp) then return end
-  local argv = {"/bin/sh", "-c", CLEAN_SCRIPT, "bomarun-ansible-clean", w.tmp}
+  local argv = {"/bin/sh", "-c", CLEAN_SCRIPT, "bomarun-ansible-clean", w.tmp,
+                can_wait and "" or tostring(w.pid or "")}
   if can_wait then
     proc.run{argv = argv, quiet = true, timeout = 30}
   else
@@ -1041,6 +1044,7 @@ local function run(kind, opts)
 
     local out = evdir and io.open(evdir .. "/output.log", "ab")
     if out then out:setvbuf("line") end
+    w.out = out
     local on_line = function(line, stream)
       if out then out:write(stream == "stderr" and "! " or "", secret.redact(line), "\n") end
       if stream == "stderr" and sink and line:match("%S") then sink(prefix .. " ! " .. line) end
@@ -1051,6 +1055,7 @@ local function run(kind, opts)
       if out then out:close() end
       return nil, "ansible: " .. name .. ": " .. tostring(serr), scode
     end
+    w.pid = h:pid()
     local tailer = task.spawn(function()
       while true do
         collector.pump()
@@ -1070,6 +1075,7 @@ local function run(kind, opts)
     -- what evidence there is, remove the secrets at once and let a
     -- detached cleaner end the rest.
     local err = r
+    if w.out then pcall(w.out.close, w.out) end
     if collector then
       pcall(collector.pump)
       pcall(collector.close)
