@@ -358,6 +358,22 @@ while True:
     assert.matches("fingerprint = SHA256:", r.stdout)
   end)
 
+  it("the shipped ci-readiness runbook gates every host of the profile", function()
+    local fake = server.dir .. "/fake-cloud-init-ci"
+    write(fake, "#!/bin/sh\n# stand-in for cloud-init (tests only)\necho 'status: done'\n")
+    proc.run{argv = {"chmod", "+x", fake}}
+    local profile = server.dir .. "/ci.lua"
+    write(profile, string.format("return {user = '%s', key = '%s', known_hosts = '%s', cloud_init = '%s', " ..
+      "timeout = 20, hosts = {{host = '127.0.0.1', port = %d}, {host = '127.0.0.1', port = %d}}}\n",
+      server.user, server.keys.ed25519, server.known_hosts, fake, server.port, server.port))
+    local src = os.getenv("BOMARUN_SOURCE") or "."
+    local r = assert(proc.run{argv = {os.getenv("BOMARUN_BIN") or "build/bomarun", src .. "/runbooks/ci-readiness.lua",
+                                      "--profile", profile, "--run-dir", server.dir .. "/runs"}, timeout = 120})
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("8%.1%s+PASS", r.stdout)
+    assert.matches("8%.2%s+OUTSTANDING", r.stdout)
+  end)
+
   it("holds 200 concurrent sessions from one process, and reports memory per session", function()
     local n = 200
     local before = host.rss()
