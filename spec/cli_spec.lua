@@ -3,33 +3,11 @@ local proc = require "bomarun.proc"
 local task = require "bomarun.task"
 local json = require "bomarun.json"
 local host = require "bomarun._host"
+local util = require "support.util"
+local tmpdir, read, write, wait_for, pid_alive = util.tmpdir, util.read, util.write, util.wait_for, util.pid_alive
 
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
 local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
-
--- A fresh directory, removed when the test ends (pass or fail).
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(host.mkdir(d))
-  finally(function() require("bomarun.proc").run{argv = {"rm", "-rf", d}} end)
-  return d
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 local function bomarun(args, opts)
   opts = opts or {}
@@ -43,21 +21,6 @@ local function run_dirs(parent)
   local dirs = {}
   for d in r.stdout:gmatch("[^\n]+") do dirs[#dirs + 1] = d:gsub("/$", "") end
   return dirs
-end
-
-local function wait_for(fn, seconds, what)
-  local t0 = task.now()
-  while task.now() - t0 < seconds do
-    local v = fn()
-    if v then return v end
-    task.sleep(0.05)
-  end
-  error("timed out waiting for " .. what)
-end
-
-local function pid_alive(pid)
-  local r = proc.run{shell = "ps -o stat= -p " .. pid}
-  return r.code == 0 and not r.stdout:match("^%s*Z")
 end
 
 local RB_HEAD = 'local runbook = require "bomarun.runbook"\nlocal proc = require "bomarun.proc"\n'
@@ -77,7 +40,7 @@ describe("bomarun command line", function()
   end)
 
   it("runs a plain script with arguments, and -e chunks", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     write(d .. "/s.lua", "local task = require 'bomarun.task'\ntask.sleep(0.01)\nprint(arg[0], ...)\n")
     local r = bomarun({d .. "/s.lua", "a", "b c"})
     assert.equal(0, r.code)
@@ -90,7 +53,7 @@ describe("bomarun command line", function()
   end)
 
   it("runs the example runbook: exit 0, acceptance summary, full run directory", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local r = bomarun({SRC .. "/examples/first-run.lua", "--run-dir", d})
     assert.equal(0, r.code, r.stdout .. r.stderr)
     assert.matches("ACCEPTANCE D%-001 %-%- Acceptance bar:", r.stdout)
@@ -114,7 +77,7 @@ describe("bomarun command line", function()
   end)
 
   it("exits 1 when a gate fails, runs the cleanups, and marks later steps NOT_RUN", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local src = read(SRC .. "/examples/first-run.lua")
     src = src:gsub('s:gate%(r%.code == 0, "the job exited 0"%)', 's:gate(r.code == 9, "the job exited 9")')
     write(d .. "/failing.lua", src)
@@ -127,7 +90,7 @@ describe("bomarun command line", function()
   end)
 
   it("plan mode runs no step body and writes nothing", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local marker = d .. "/created-by-body"
     write(d .. "/rb.lua", RB_HEAD .. [[
 return runbook{id = "plan-test", title = "Plan touches nothing",
@@ -152,7 +115,7 @@ return runbook{id = "plan-test", title = "Plan touches nothing",
   end)
 
   it("reports a runbook with a syntax error by file and line, exit 2", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     write(d .. "/bad.lua", RB_HEAD .. 'return runbook{id = "x", title = "t",\n  runbook.step{"1", "a" function() end},\n}\n')
     local r = bomarun({d .. "/bad.lua"})
     assert.equal(2, r.code)
@@ -160,7 +123,7 @@ return runbook{id = "plan-test", title = "Plan touches nothing",
   end)
 
   it("reports missing profile constants before any step runs, exit 2", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local marker = d .. "/ran"
     write(d .. "/rb.lua", RB_HEAD .. [[
 return runbook{id = "needs", title = "t", needs = {cluster = "string", replicas = "number"},
@@ -179,7 +142,7 @@ return runbook{id = "needs", title = "t", needs = {cluster = "string", replicas 
   end)
 
   it("selects with --only and --from", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     write(d .. "/rb.lua", RB_HEAD .. [[
 local steps = {}
 for k = 1, 4 do
@@ -201,7 +164,7 @@ return runbook{id = "sel", title = "t", table.unpack(steps)}
   end)
 
   it("--resume skips the steps that passed and restores what they captured", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local count = d .. "/count"
     write(d .. "/rb.lua", RB_HEAD .. [[
 return runbook{id = "res", title = "t", defaults = {ready = false},
@@ -226,7 +189,7 @@ return runbook{id = "res", title = "t", defaults = {ready = false},
   end)
 
   it("never shows a secret's value: console, journal, step logs, reports", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local pw = "s3cr3t-" .. host.random_hex(8)
     write(d .. "/site.lua", "return {password = secret.env 'BOMARUN_SPEC_PW'}\n")
     write(d .. "/rb.lua", RB_HEAD .. [[
@@ -254,7 +217,7 @@ return runbook{id = "sec", title = "t", needs = {password = "string"},
   end)
 
   it("stops a runaway step at its timeout and carries a traceback for errors", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     write(d .. "/rb.lua", RB_HEAD .. [[
 return runbook{id = "rw", title = "t",
   runbook.step{"1", "spins", timeout = 0.5, function(s) while true do end end},
@@ -281,7 +244,7 @@ return runbook{id = "er", title = "t",
   end)
 
   it("does not hang on a grandchild that holds the step's pipe", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     write(d .. "/rb.lua", RB_HEAD .. [[
 return runbook{id = "gc", title = "t",
   runbook.step{"1", "daemon holds stdout", function(s)
@@ -333,7 +296,7 @@ return runbook{id = "slow", title = "Slow",
     end
 
     it("SIGINT: exit 130, the running step cancelled, cleanups run, reports written", function()
-      local d = tmpdir()
+      local d = tmpdir(finally)
       slow_runbook(d)
       local h, dir = start(d)
       local gc = tonumber(read(d .. "/gc"):match("(%d+)"))
@@ -353,7 +316,7 @@ return runbook{id = "slow", title = "Slow",
     end)
 
     it("SIGINT stops a step spinning in Lua (no waits) and later steps never start", function()
-      local d = tmpdir()
+      local d = tmpdir(finally)
       write(d .. "/spin.lua", RB_HEAD .. [[
 return runbook{id = "spin", title = "t",
   runbook.step{"1", "spins", function(s) io.open("]] .. d .. [[/spinning", "w"):close() while true do end end},
@@ -371,7 +334,7 @@ return runbook{id = "spin", title = "t",
     end)
 
     it("SIGTERM: exit 143, cleanups run", function()
-      local d = tmpdir()
+      local d = tmpdir(finally)
       slow_runbook(d)
       local h = start(d)
       h:kill("TERM")
@@ -381,7 +344,7 @@ return runbook{id = "spin", title = "t",
     end)
 
     it("kill -9: bomarun report rebuilds every report from the journal", function()
-      local d = tmpdir()
+      local d = tmpdir(finally)
       slow_runbook(d)
       local h, dir = start(d)
       local gc = tonumber(read(d .. "/gc"):match("(%d+)"))

@@ -1,20 +1,7 @@
 local proc = require "bomarun.proc"
 local task = require "bomarun.task"
-
-local function alive(pid)
-  -- kill -0 through a subprocess: true while the pid exists (and is no zombie)
-  local r = proc.run{shell = "ps -o stat= -p " .. pid}
-  return r.code == 0 and not r.stdout:match("^%s*Z")
-end
-
-local function wait_dead(pid, seconds)
-  local t0 = task.now()
-  while task.now() - t0 < seconds do
-    if not alive(pid) then return true end
-    task.sleep(0.05)
-  end
-  return false
-end
+local util = require "support.util"
+local wait_dead = util.wait_dead
 
 describe("proc", function()
   it("runs an argv without a shell: metacharacters stay literal", function()

@@ -6,22 +6,8 @@ local report = require "bomarun.report"
 local journal = require "bomarun.journal"
 local task = require "bomarun.task"
 local host = require "bomarun._host"
-
--- A fresh directory, removed when the test ends (pass or fail).
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(host.mkdir(d))
-  finally(function() require("bomarun.proc").run{argv = {"rm", "-rf", d}} end)
-  return d
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
+local util = require "support.util"
+local tmpdir, write = util.tmpdir, util.write
 
 describe("runbook language", function()
   it("keeps structure as data: phases, steps, acceptance items in order", function()
@@ -61,7 +47,7 @@ end)
 
 describe("profiles", function()
   it("evaluate in a sandbox without io, os, require or load", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     for _, bad in ipairs({"io.open('/etc/passwd')", "os.execute('true')", "require('bomarun.proc')",
                           "load('return 1')()", "dofile('/etc/passwd')"}) do
       local p = write(d .. "/bad.lua", "local x = " .. bad .. "\nreturn {x = x}\n")
@@ -72,7 +58,7 @@ describe("profiles", function()
   end)
 
   it("returns constants, or collects assigned globals", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local c = assert(profile.load_file(write(d .. "/a.lua", "return {cluster = 'c1', count = 3}")))
     assert.same({cluster = "c1", count = 3}, c)
     c = assert(profile.load_file(write(d .. "/b.lua", "cluster = 'c2'\nports = {22, 80}\n")))
@@ -80,7 +66,7 @@ describe("profiles", function()
   end)
 
   it("stops a profile that loops forever", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local c, err = profile.load_file(write(d .. "/loop.lua", "while true do end"))
     assert.is_nil(c)
     assert.matches("timed out", err)
@@ -108,7 +94,7 @@ describe("profiles", function()
   end)
 
   it("resolves secret references and redacts their values everywhere", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     local pw = "hunter2-" .. host.random_hex(6)
     local p = write(d .. "/s.lua", "return {password = secret.file('" .. d .. "/pw'), user = 'admin'}")
     write(d .. "/pw", pw .. "\n")
@@ -222,7 +208,7 @@ describe("reports", function()
   end)
 
   it("skips a torn last line in the journal (kill -9 mid-write) and says so", function()
-    local d = tmpdir()
+    local d = tmpdir(finally)
     write(d .. "/events.jsonl", '{"type":"run_start","t":1,"runbook":{"id":"x","title":"t"},"plan":[]}\n{"type":"step_st')
     local m = assert(report.load(d))
     assert.equal("x", m.runbook.id)

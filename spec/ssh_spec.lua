@@ -7,6 +7,8 @@ local task = require "bomarun.task"
 local proc = require "bomarun.proc"
 local secret = require "bomarun.secret"
 local host = require "bomarun._host"
+local util = require "support.util"
+local read, write = util.read, util.write
 
 local server
 
@@ -15,20 +17,6 @@ local function target(extra)
              known_hosts = server.known_hosts, timeout = 10}
   for k, v in pairs(extra or {}) do t[k] = v end
   return t
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
 end
 
 describe("ssh against a real sshd", function()
