@@ -7,6 +7,7 @@ local json = require "bomarun.json"
 local proc = require "bomarun.proc"
 local task = require "bomarun.task"
 local host = require "bomarun._host"
+local util = require "support.util"
 
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
 local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
@@ -189,6 +190,96 @@ describe("openstack against the local cloud", function()
       assert.is_true(items.pages >= 3, "only " .. tostring(items.pages) .. " pages")
       local limited = assert(admin.image.images:list({}, {page_size = 1, limit = 2}))
       assert.equal(2, #limited)
+    end)
+  end)
+
+  describe("faults (a loopback fault proxy in front of Glance)", function()
+    local proxy, proxy_url, h
+
+    local function control(path)
+      local r = assert(require("bomarun.http").request{method = "POST", url = proxy_url .. "/_fault/" .. path})
+      assert(r.status == 200, "fault proxy control " .. path .. ": " .. r.status)
+    end
+
+    local function counters()
+      local r = assert(require("bomarun.http").request{url = proxy_url .. "/_fault"})
+      return json.decode(r.body).counters
+    end
+
+    setup(function()
+      local glance = assert(admin:endpoint("image"))
+      local port
+      proxy = assert(proc.spawn{argv = {"/usr/bin/python3", SRC .. "/tests/stack/openstack/fault-proxy.py",
+                                        "--target", glance, "--quiet"}, keep = true, quiet = true,
+                                on_line = function(l) port = port or tonumber(l:match(":(%d+) %->")) end})
+      local t0 = task.now()
+      while not port and task.now() - t0 < 10 do task.sleep(0.05) end
+      assert(port, "the fault proxy did not start")
+      proxy_url = "http://127.0.0.1:" .. port
+      h = assert(openstack.connect{cloud = "bomarun-admin", endpoints = {image = proxy_url},
+                                   retries = 3, backoff = 0.05})
+    end)
+    teardown(function() if proxy then proxy:kill("TERM") proxy:wait() end end)
+    before_each(function() control("pass") control("counters/clear") end)
+
+    it("retries a GET through 503s until the service recovers", function()
+      control("503?count=2")
+      local body, status = h:request("GET", "image", "/v2/images", {query = {limit = 1}})
+      assert.equal(200, status)
+      assert.is_table(body.images)
+      local c = counters()
+      assert.equal(3, c.requests)
+      assert.equal(2, c.faulted)
+    end)
+
+    it("gives up after its retries and returns the 503 as data with the service's message", function()
+      control("503?count=10")
+      local _, status = h:request("GET", "image", "/v2/images", {retries = 2})
+      assert.equal(503, status)
+      assert.equal(3, counters().requests)
+      local _, err, code = h:call("GET", "image", "/v2/images", {retries = 0})
+      assert.equal("HTTP_503", code)
+      assert.matches("openstack: GET " .. proxy_url:gsub("%p", "%%%0") .. "/v2/images: 503", err)
+    end)
+
+    it("never retries a POST", function()
+      control("503?count=1")
+      local _, status = h:request("POST", "image", "/v2/images", {body = {name = unique("bomarun-spec-noretry"),
+                                                                          disk_format = "raw", container_format = "bare"}})
+      assert.equal(503, status)
+      local c = counters()
+      assert.equal(1, c.requests, "the POST was sent " .. c.requests .. " times")
+    end)
+
+    it("retries a GET whose connection was reset", function()
+      control("reset?count=1")
+      local _, status = h:request("GET", "image", "/v2/images", {query = {limit = 1}})
+      assert.equal(200, status)
+      assert.equal(2, counters().requests)
+    end)
+
+    it("times out a slow response, and a POST that timed out is not resent", function()
+      control("delay?seconds=3")
+      local t0 = task.now()
+      local body, err, code = h:request("GET", "image", "/v2/images", {timeout = 0.5, retries = 1})
+      assert.is_nil(body)
+      assert.equal("TIMEOUT", code)
+      assert.matches("openstack: GET ", err)
+      assert.is_true(task.now() - t0 < 2.5)
+      control("counters/clear")
+      local _, _, pcode = h:request("POST", "image", "/v2/images", {timeout = 0.5,
+        body = {name = unique("bomarun-spec-slowpost"), disk_format = "raw", container_format = "bare"}})
+      assert.equal("TIMEOUT", pcode)
+      assert.equal(1, counters().requests)
+      control("pass")
+      -- The slow POST still reaches Glance after the delay: that is why a
+      -- timed-out mutation must never be resent.  Clean up what it made.
+      local made = util.wait_for(function()
+        for _, img in ipairs(assert(admin.image:list())) do
+          if img.name:match("^bomarun%-spec%-slowpost") then return img end
+        end
+      end, 10, "the delayed POST to reach Glance")
+      admin.image:delete(made.id)
     end)
   end)
 
