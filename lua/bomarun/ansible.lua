@@ -436,6 +436,7 @@ end
 
 local function private_dir(opts)
   local base = opts.tmp_dir or os.getenv("TMPDIR") or "/tmp"
+  base = host.realpath(base) or base      -- ansible may run in another cwd
   local dir = base .. "/bomarun-ansible-" .. host.random_hex(6)
   local ok, err = host.mkdir(dir, 448)   -- 0700
   if not ok then return nil, "ansible: cannot create a private directory: " .. tostring(err) end
@@ -578,7 +579,12 @@ local function new_collector(c)
         c.step:event({type = "ansible_task", run = c.name, host = e.host, task = e.task, status = e.status,
                       duration = e.duration, msg = e.msg, play = e.play, ignored = e.ignored, rc = e.rc})
       end
-      if c.on_event then c.on_event(e) end
+      if c.on_event and not self.callback_error then
+        -- A raising callback is a programmer error: reported after the run
+        -- (the tailer task must keep going), and not called again.
+        local ok, err = pcall(c.on_event, e)
+        if not ok then self.callback_error = err end
+      end
     elseif kind == "stats" then
       self.recap = plain(ev.recap) or {}
     elseif kind == "play" then
@@ -676,8 +682,10 @@ function M.describe(res)
   end
   if #parts == 0 then
     local _, hosts = count_totals(res.recap or {})
-    return string.format("%s: no failed and no unreachable hosts (%d host%s; ok=%d changed=%d skipped=%d)",
-      name, hosts, hosts == 1 and "" or "s", t.ok, t.changed, t.skipped)
+    return string.format("%s: no failed and no unreachable hosts (%d host%s; ok=%d changed=%d skipped=%d)%s",
+      name, hosts, hosts == 1 and "" or "s", t.ok, t.changed, t.skipped,
+      (res.idempotent and "; idempotent: nothing changed on the second run" or "") ..
+      (res.no_hosts and "; a play matched no host" or ""))
   end
   return name .. ": " .. table.concat(parts, "; ")
 end
@@ -691,12 +699,9 @@ end
 ---@param err? string
 ---@return bomarun.AnsibleResult|nil
 function M.gate(s, res, err)
-  if res == nil then
-    s:gate(false, err or "ansible: no result")
-    return nil
-  end
-  s:gate(res.ok, M.describe(res))
-  return res
+  -- Tail calls: the gate records the runbook's line, not this one.
+  if res == nil then return s:gate(false, err or "ansible: no result") end
+  return s:gate(res.ok and res, M.describe(res))
 end
 
 -- The run ---------------------------------------------------------------------
@@ -851,7 +856,7 @@ local function prepare(kind, opts, w)
     local ok, werr = write_file(path, text)
     if not ok then return nil, werr, "FILE" end
     w.files[#w.files + 1] = path
-    w.evidence_files["inventory.yml"] = text
+    w.evidence_files["inventory.yml"] = M.to_yaml(secret.redact_deep(structure))
     add("-i", path)
   else
     for _, i in ipairs(list_of(inv, "inventory")) do add("-i", i) end
@@ -960,12 +965,12 @@ local function prepare(kind, opts, w)
       local resolved, err = resolve_refs(plays, found)
       if resolved == nil and err then return nil, err, "SECRET" end
       local text = M.to_yaml(json.array(resolved))
-      local dir = opts.play_dir or w.tmp
+      local dir = opts.play_dir and (host.realpath(opts.play_dir) or opts.play_dir) or w.tmp
       local path = dir .. "/bomarun-play-" .. host.random_hex(4) .. ".yml"
       local ok, werr = write_file(path, text)
       if not ok then return nil, werr, "FILE" end
       w.files[#w.files + 1] = path
-      w.evidence_files["play.yml"] = text
+      w.evidence_files["play.yml"] = M.to_yaml(json.array(secret.redact_deep(resolved)))
       add(path)
     else
       local books = list_of(opts.playbook, "playbook")
@@ -976,15 +981,18 @@ local function prepare(kind, opts, w)
 
   -- Environment: our callback next to the stdout one, every temp and
   -- control path in the private directory, nothing in ~.
-  local enabled = {"bomarun"}
-  local plugin_path = PLUGIN_DIR
-  local user_cb = os.getenv("ANSIBLE_CALLBACK_PLUGINS")
-  if user_cb and user_cb ~= "" then plugin_path = plugin_path .. ":" .. user_cb end
-  local user_enabled = os.getenv("ANSIBLE_CALLBACKS_ENABLED")
-  if user_enabled and user_enabled ~= "" then enabled[#enabled + 1] = user_enabled end
+  local user_env = opts.env or {}
+  local function joined(first, var, sep)
+    local v = user_env[var]
+    if v == nil then v = os.getenv(var) end
+    if type(v) == "string" and v ~= "" then return first .. sep .. v end
+    return first
+  end
   local env = {
-    ANSIBLE_CALLBACK_PLUGINS = plugin_path,
-    ANSIBLE_CALLBACKS_ENABLED = table.concat(enabled, ","),
+    -- Callbacks the caller enables (environment or opts.env) run too; an
+    -- ansible.cfg's callbacks_enabled is overridden by this variable.
+    ANSIBLE_CALLBACK_PLUGINS = joined(PLUGIN_DIR, "ANSIBLE_CALLBACK_PLUGINS", ":"),
+    ANSIBLE_CALLBACKS_ENABLED = joined("bomarun", "ANSIBLE_CALLBACKS_ENABLED", ","),
     ANSIBLE_LOAD_CALLBACK_PLUGINS = "1",        -- the ad-hoc `ansible` loads them only when asked
     BOMARUN_ANSIBLE_EVENTS = w.events,
     ANSIBLE_LOCAL_TEMP = w.tmp .. "/local",
@@ -993,12 +1001,13 @@ local function prepare(kind, opts, w)
     ANSIBLE_RETRY_FILES_ENABLED = "0",
     ANSIBLE_NOCOLOR = "1",
     ANSIBLE_FORCE_COLOR = false,
-    PYTHONUNBUFFERED = "1",
   }
   if opts.host_key_checking ~= nil then
     env.ANSIBLE_HOST_KEY_CHECKING = opts.host_key_checking and "True" or "False"
   end
-  for k, v in pairs(opts.env or {}) do env[k] = v end
+  for k, v in pairs(user_env) do
+    if k ~= "ANSIBLE_CALLBACK_PLUGINS" and k ~= "ANSIBLE_CALLBACKS_ENABLED" then env[k] = v end
+  end
   return argv, env
 end
 
@@ -1008,10 +1017,27 @@ local function quote_argv(argv)
   return table.concat(out, " ")
 end
 
+local KNOWN = {}
+for k in ([[playbook play play_dir inventory extra_vars extra_vars_files secret_vars vault_password
+  vault_password_file become_password tags skip_tags limit check diff forks become become_user
+  become_method verbose extra_args env cwd timeout grace drain prefix name echo on_event dir tmp_dir
+  remote_tmp host_key_checking program hosts module args]]):gmatch("%S+") do
+  KNOWN[k] = true
+end
+local ADHOC_ONLY = {hosts = true, module = true, args = true}
+local PLAYBOOK_ONLY = {playbook = true, play = true, play_dir = true, tags = true, skip_tags = true}
+
 local function run(kind, opts)
-  if type(opts) ~= "table" then error("ansible." .. kind .. ": expected a table of options", 3) end
+  -- Level 2: M.playbook and M.adhoc tail-call run, so that is their caller.
+  if type(opts) ~= "table" then error("ansible." .. kind .. ": expected a table of options", 2) end
+  -- A misspelt option must not be dropped without anyone noticing.
+  for k in pairs(opts) do
+    if not KNOWN[k] or (kind == "playbook" and ADHOC_ONLY[k]) or (kind == "adhoc" and PLAYBOOK_ONLY[k]) then
+      error(string.format("ansible.%s: unknown option '%s'", kind, tostring(k)), 2)
+    end
+  end
   if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    error("ansible: timeout must be a positive number of seconds", 3)
+    error("ansible: timeout must be a positive number of seconds", 2)
   end
   local step = require("bomarun.runner").current_step()
   local name = default_name(opts, kind)
@@ -1036,7 +1062,10 @@ local function run(kind, opts)
     end
     collector = new_collector{path = w.events, prefix = prefix, name = name, step = step, sink = sink,
                               echo = opts.echo ~= false, on_event = opts.on_event, evidence = evdir}
-    if sink then sink(prefix .. " " .. cmdline) end
+    if sink then
+      sink(prefix .. " " .. cmdline)
+      if evdir then sink(prefix .. " evidence: " .. evdir) end
+    end
     if step then
       step:event({type = "ansible_start", run = name, command = cmdline, dir = evdir,
                   check = opts.check or nil})
@@ -1056,7 +1085,7 @@ local function run(kind, opts)
       return nil, "ansible: " .. name .. ": " .. tostring(serr), scode
     end
     w.pid = h:pid()
-    local tailer = task.spawn(function()
+    local tailer = task.spawn_named("ansible events " .. name, function()
       while true do
         collector.pump()
         task.sleep(POLL_INTERVAL)
@@ -1087,6 +1116,9 @@ local function run(kind, opts)
     error(err, 0)
   end
   remove_private(w, true)
+  if collector and collector.callback_error then
+    error("ansible: on_event raised: " .. tostring(collector.callback_error), 2)
+  end
 
   local pr = r or partial
   if not pr then return nil, msg, rcode end      -- could not start, or a secret could not be read
@@ -1126,6 +1158,10 @@ local function run(kind, opts)
     verdict = string.format("ok in %.1fs (changed=%d)", pr.duration, totals.changed)
   else
     verdict = string.format("FAILED in %.1fs: %s", pr.duration, res.msg)
+  end
+  if pr.lingering then
+    collector.say(string.format("a leftover process held ansible's output after it exited: its group was killed after %g s",
+      opts.drain or 2))
   end
   collector.say(verdict, log.colour() and log.paint(res.ok and "green" or "red", verdict) or verdict)
   if step then
@@ -1193,6 +1229,7 @@ function M.idempotent(opts)
   local name = default_name(opts, "playbook")
   second_opts.name = name
   second_opts.prefix = opts.prefix or ("[" .. name .. "]")
+  if type(opts.dir) == "string" then second_opts.dir = opts.dir .. "/second" end
   local sink = log.sink()
   local line = second_opts.prefix .. " idempotence: applying again, expecting changed=0"
   if sink then sink(line) end

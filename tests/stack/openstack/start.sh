@@ -20,7 +20,8 @@
 #   STATE_DIR  default $BOMARUN_OPENSTACK_DIR or /tmp/bomarun-openstack
 #   LIST       comma-separated; default $BOMARUN_OS_LAYERS or
 #              keystone,glance,compute,octavia; "all" adds magnum.  Each layer
-#              pulls in what it needs (octavia and compute need rabbit).
+#              pulls in what it needs (compute: glance and rabbit; octavia:
+#              rabbit; magnum: all the others).
 # Environment:
 #   BOMARUN_OS_TOKEN_EXPIRATION  Keystone [token] expiration, seconds (3600)
 #
@@ -52,6 +53,7 @@ want=",${layers_arg},"
 [ "$layers_arg" = all ] && want=",keystone,glance,compute,octavia,magnum,"
 has() { case "$want" in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 if has magnum; then want="$want,glance,compute,octavia,"; fi
+if has compute; then want="$want,glance,"; fi
 if has compute || has octavia; then want="$want,rabbit,"; fi
 want="$want,keystone,"
 LAYERS=""
@@ -93,6 +95,7 @@ spawn() {
   setsid "$@" >>"$STATE/log/$name.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$STATE/run/$name.pid"
+  starttime "$pid" >"$STATE/run/$name.start" || die "$name exited at once (log: $STATE/log/$name.log)"
   echo "$name" >>"$STATE/run/order"
 }
 
@@ -113,15 +116,15 @@ fail_with() {
   die "$2 (log: $STATE/log/$1.log)"
 }
 
-# uwsgi_app NAME PORT WSGI_FILE PROCESSES [--env K=V ...]: one WSGI app on
-# 127.0.0.1:PORT.  uwsgi's --http-socket closes kept-alive connections
-# silently, so every response says Connection: close.
+# uwsgi_app NAME PORT WSGI_FILE PROCESSES THREADS [uwsgi options...]: one
+# WSGI app on 127.0.0.1:PORT.  uwsgi's --http-socket closes kept-alive
+# connections silently, so every response says Connection: close.
 uwsgi_app() {
-  local name=$1 port=$2 file=$3 procs=$4; shift 4
+  local name=$1 port=$2 file=$3 procs=$4 threads=$5; shift 5
   spawn "$name" uwsgi --plugin python3 --master --die-on-term --need-app \
     --http-socket "127.0.0.1:$port" --add-header "Connection: close" \
-    --processes "$procs" --threads 1 --enable-threads --lazy-apps \
-    --buffer-size 65535 --wsgi-file "$file" --procname-prefix "bomarun-$name-" \
+    --processes "$procs" --threads "$threads" --enable-threads --lazy-apps \
+    --buffer-size 65535 --wsgi-file "$file" \
     --disable-logging --log-4xx --log-5xx "$@"
 }
 
@@ -158,6 +161,7 @@ if has compute; then port_for PLACEMENT_PORT 8778; port_for NOVA_PORT 8774; port
 has octavia && port_for OCTAVIA_PORT 9876
 if has magnum; then port_for HEAT_PORT 8004; port_for MAGNUM_PORT 9511; port_for ETCD_DISCOVERY_PORT 8087; fi
 echo "STATE_DIR=$STATE" >>"$STATE/ports.env"
+echo "TOKEN_EXPIRATION=$TOKEN_EXPIRATION" >>"$STATE/ports.env"
 
 gen() { openssl rand -hex 16; }
 {
@@ -204,15 +208,47 @@ EOF
 
 sqlite_url() { echo "sqlite:///$STATE/db/$1.sqlite"; }
 
+# Each layer has four steps, run in this order across all layers so that the
+# slow parts overlap (2 cores; most of the time is Python importing):
+#   cfg_L    write its config files (needs only ports and secrets)
+#   db_L     build its databases (in the background, while Keystone starts)
+#   up_L     start its processes (after Keystone is set up)
+#   ready_L  wait until it answers and is wired up
+BG_PIDS=()
+bg() { # NAME FUNCTION: run a setup function in the background
+  "$2" & BG_PIDS+=("$!:$1")
+}
+wait_bg() {
+  local e
+  for e in "${BG_PIDS[@]}"; do
+    wait "${e%%:*}" || die "setup of ${e#*:} failed (see $STATE/log/)"
+  done
+  BG_PIDS=()
+}
+mark() { # LAYER: record when LAYER became ready
+  T_LAYER[$1]=$(elapsed "$T_ALL")
+  log "$1: ready at +${T_LAYER[$1]} s"
+}
 declare -A T_LAYER
 
 # ============================================================================
 # (a) Keystone
 # ============================================================================
-layer_keystone() {
-  local t0; t0=$(now)
+# A fernet (or credential) key repository: key 0 staged, key 1 primary, each
+# 32 random bytes, URL-safe base64, as keystone-manage fernet_setup writes
+# them (without its 2.5 s of Python start-up).
+fernet_repo() {
+  mkdir -p "$1"
+  local k
+  for k in 0 1; do openssl rand 32 | base64 | tr '+/' '-_' >"$1/$k"; done
+  chmod 700 "$1"; chmod 600 "$1"/*
+}
+
+cfg_keystone() {
   local etc="$STATE/etc/keystone"
-  mkdir -p "$etc" "$STATE/data/keystone/fernet-keys" "$STATE/data/keystone/credential-keys"
+  mkdir -p "$etc"
+  fernet_repo "$STATE/data/keystone/fernet-keys"
+  fernet_repo "$STATE/data/keystone/credential-keys"
   cat >"$etc/keystone.conf" <<EOF
 [DEFAULT]
 use_stderr = true
@@ -230,29 +266,38 @@ key_repository = $STATE/data/keystone/credential-keys
 [identity]
 password_hash_rounds = 4
 [cache]
-enabled = false
+# Without a cache every authenticated call re-reads role assignments a few
+# hundred times from sqlite (~250 ms a call); in-process memory is right for
+# one uwsgi process (several would each keep a stale copy).
+enabled = true
+backend = dogpile.cache.memory
 EOF
-  local km=(keystone-manage --config-file "$etc/keystone.conf")
-  manage keystone-manage "${km[@]}" db_sync
+}
+KM=(keystone-manage --config-file "$STATE/etc/keystone/keystone.conf")
+db_keystone() {
+  manage keystone-manage "${KM[@]}" db_sync
   "$PY" "$HELPER" wal "$STATE/db/keystone.sqlite"
-  manage keystone-manage "${km[@]}" fernet_setup --keystone-user root --keystone-group root
-  manage keystone-manage "${km[@]}" credential_setup --keystone-user root --keystone-group root
-  manage keystone-manage "${km[@]}" bootstrap --bootstrap-password "$ADMIN_PASSWORD" \
+}
+up_keystone() {
+  # uwsgi imports keystone (~3 s) while bootstrap writes the admin user.
+  uwsgi_app keystone "$KEYSTONE_PORT" /usr/bin/keystone-wsgi-public 1 4 \
+    --env "OS_KEYSTONE_CONFIG_FILES=$STATE/etc/keystone/keystone.conf"
+  manage keystone-manage "${KM[@]}" bootstrap --bootstrap-password "$ADMIN_PASSWORD" \
     --bootstrap-admin-url "$AUTH_URL" --bootstrap-internal-url "$AUTH_URL" \
     --bootstrap-public-url "$AUTH_URL" --bootstrap-region-id RegionOne
-  uwsgi_app keystone "$KEYSTONE_PORT" /usr/bin/keystone-wsgi-public 2 \
-    --env "OS_KEYSTONE_CONFIG_FILES=$etc/keystone.conf"
+}
+ready_keystone() {
   wait_http keystone "$AUTH_URL"
+  # Users, projects, roles, service users and the catalog: before any
+  # service that authenticates starts.
   manage keystone-setup "$PY" "$HELPER" keystone-setup "$STATE"
-  T_LAYER[keystone]=$(elapsed "$t0")
-  log "keystone: up on $KS_URL in ${T_LAYER[keystone]} s"
+  mark keystone
 }
 
 # ============================================================================
 # (b) Glance
 # ============================================================================
-layer_glance() {
-  local t0; t0=$(now)
+cfg_glance() {
   local etc="$STATE/etc/glance"
   mkdir -p "$etc" "$STATE/data/glance/images" "$STATE/data/glance/staging" "$STATE/data/glance/tasks"
   cp "$OS_HERE/lib/etc/glance-api-paste.ini" "$etc/glance-api-paste.ini"
@@ -262,6 +307,7 @@ bind_host = 127.0.0.1
 bind_port = $GLANCE_PORT
 workers = 0
 use_stderr = true
+graceful_shutdown_timeout = 3
 enabled_import_methods = [glance-direct,web-download]
 node_staging_uri = file://$STATE/data/glance/staging
 image_cache_dir = $STATE/data/glance/cache
@@ -285,20 +331,25 @@ allowed_ports =
 lock_path = $STATE/data/glance/locks
 $(authtoken keystone_authtoken glance "$GLANCE_PASSWORD")
 EOF
+}
+db_glance() {
   manage glance-manage "$PY" "$OS_HERE/lib/run-entry.py" glance-manage glance.cmd.manage:main \
-    --config-file "$etc/glance-api.conf" db_sync
+    --config-file "$STATE/etc/glance/glance-api.conf" db_sync
   "$PY" "$HELPER" wal "$STATE/db/glance.sqlite"
-  run_entry glance-api glance.cmd.api:main --config-file "$etc/glance-api.conf"
+}
+up_glance() {
+  run_entry glance-api glance.cmd.api:main --config-file "$STATE/etc/glance/glance-api.conf"
+}
+ready_glance() {
   wait_http glance-api "http://127.0.0.1:$GLANCE_PORT/"
-  T_LAYER[glance]=$(elapsed "$t0")
-  log "glance: up on http://127.0.0.1:$GLANCE_PORT in ${T_LAYER[glance]} s"
+  mark glance
 }
 
 # ============================================================================
 # RabbitMQ (for compute, octavia, magnum)
 # ============================================================================
-rabbit_env() {
-  env HOME="$STATE/data/rabbit" \
+rabbit_env_init() {
+  RABBIT_ENV=(env HOME="$STATE/data/rabbit" \
     ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT="$EPMD_PORT" \
     RABBITMQ_NODENAME=rabbit@localhost RABBITMQ_USE_LONGNAME=false \
     RABBITMQ_CONF_ENV_FILE="$STATE/etc/rabbitmq/rabbitmq-env.conf" \
@@ -307,16 +358,15 @@ rabbit_env() {
     RABBITMQ_ENABLED_PLUGINS_FILE="$STATE/etc/rabbitmq/enabled_plugins" \
     RABBITMQ_MNESIA_BASE="$STATE/data/rabbit/mnesia" \
     RABBITMQ_LOG_BASE="$STATE/log/rabbitmq" \
-    RABBITMQ_PID_FILE="$STATE/run/rabbitmq-beam.pid" \
+    RABBITMQ_PID_FILE="$STATE/data/rabbit/beam.pid" \
     RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RABBIT_PORT" \
     RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT" \
-    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
-    "$@"
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}")
+  RABBITMQCTL=("${RABBIT_ENV[@]}" /usr/lib/rabbitmq/bin/rabbitmqctl -n rabbit@localhost)
 }
-RABBITMQCTL=(rabbit_env /usr/lib/rabbitmq/bin/rabbitmqctl -n rabbit@localhost)
 
-layer_rabbit() {
-  local t0; t0=$(now)
+cfg_rabbit() {
+  rabbit_env_init
   local etc="$STATE/etc/rabbitmq"
   mkdir -p "$etc" "$STATE/data/rabbit/mnesia" "$STATE/log/rabbitmq"
   : >"$etc/rabbitmq-env.conf"
@@ -333,21 +383,26 @@ log.file = false
 disk_free_limit.absolute = 50MB
 vm_memory_high_watermark.relative = 0.2
 EOF
+}
+db_rabbit() { :; }
+up_rabbit() {
   # Our own epmd, in the foreground, so it is ours to stop by PID (the
   # Erlang VM would otherwise start a daemonised one that outlives us).
-  spawn epmd rabbit_env epmd -address 127.0.0.1 -port "$EPMD_PORT"
+  spawn epmd "${RABBIT_ENV[@]}" epmd -address 127.0.0.1 -port "$EPMD_PORT"
   local i
   for i in $(seq 1 50); do "$PY" "$HELPER" port-open "$EPMD_PORT" && break; sleep 0.1; done
   "$PY" "$HELPER" port-open "$EPMD_PORT" || fail_with epmd "epmd did not listen on $EPMD_PORT"
-  spawn rabbitmq rabbit_env /usr/lib/rabbitmq/bin/rabbitmq-server
+  spawn rabbitmq "${RABBIT_ENV[@]}" /usr/lib/rabbitmq/bin/rabbitmq-server
+}
+ready_rabbit() {
+  local i
   for i in $(seq 1 300); do
     "$PY" "$HELPER" port-open "$RABBIT_PORT" && break
-    ours "$(pid_of rabbitmq)" || fail_with rabbitmq "rabbitmq-server exited"
+    ours rabbitmq || fail_with rabbitmq "rabbitmq-server exited"
     sleep 0.2
   done
   "$PY" "$HELPER" port-open "$RABBIT_PORT" || fail_with rabbitmq "rabbitmq did not listen on $RABBIT_PORT"
-  T_LAYER[rabbit]=$(elapsed "$t0")
-  log "rabbitmq: up on 127.0.0.1:$RABBIT_PORT in ${T_LAYER[rabbit]} s"
+  mark rabbit
 }
 
 # wait_consumer QUEUE SECONDS: until the queue QUEUE has a consumer (a
@@ -366,9 +421,7 @@ wait_consumer() {
 # ============================================================================
 # (c) placement, nova, neutron
 # ============================================================================
-layer_compute() {
-  local t0; t0=$(now)
-  local t1
+cfg_compute() {
   # --- placement
   local etc="$STATE/etc/placement"
   mkdir -p "$etc"
@@ -391,6 +444,7 @@ bind_host = 127.0.0.1
 bind_port = $NEUTRON_PORT
 host = bomarun
 use_stderr = true
+graceful_shutdown_timeout = 3
 core_plugin = ml2
 service_plugins = router
 auth_strategy = keystone
@@ -446,6 +500,7 @@ EOF
 host = bomarun
 my_ip = 127.0.0.1
 use_stderr = true
+graceful_shutdown_timeout = 3
 transport_url = $TRANSPORT_URL
 compute_driver = fake.FakeDriver
 state_path = $STATE/data/nova
@@ -458,10 +513,6 @@ resume_guests_state_on_host_boot = false
 api_paste_config = $nenc/api-paste.ini
 [api]
 auth_strategy = keystone
-[api_database]
-connection = $(sqlite_url nova_api)
-[database]
-connection = $(sqlite_url nova)
 [conductor]
 workers = 1
 [scheduler]
@@ -491,16 +542,27 @@ $(authtoken neutron nova "$NOVA_PASSWORD")
 $(authtoken service_user nova "$NOVA_PASSWORD")
 send_service_user_token = false
 EOF
-  # Schemas, in parallel: placement and nova migrate fine on sqlite;
-  # neutron's migrations do not, so its schema comes from its models.
-  t1=$(now)
-  local NM=("$PY" "$OS_HERE/lib/run-entry.py" nova-manage nova.cmd.manage:main --config-file "$nenc/nova.conf")
+  # The databases in a file of their own: nova-compute must not have them
+  # (it talks to the conductor; with them it logs "No DB access allowed").
+  cat >"$nenc/nova-db.conf" <<EOF
+[api_database]
+connection = $(sqlite_url nova_api)
+[database]
+connection = $(sqlite_url nova)
+EOF
+}
+NC=(--config-file "$STATE/etc/nova/nova.conf" --config-file "$STATE/etc/nova/nova-db.conf")
+NM=("$PY" "$OS_HERE/lib/run-entry.py" nova-manage nova.cmd.manage:main "${NC[@]}")
+
+db_compute() {
+  # placement and nova migrate fine on sqlite; neutron's migrations do not,
+  # so its schema comes from its models.  The three run side by side.
   (
     manage placement-manage "$PY" "$OS_HERE/lib/run-entry.py" placement-manage placement.cmd.manage:main \
-      --config-file "$etc/placement.conf" db sync
+      --config-file "$STATE/etc/placement/placement.conf" db sync
   ) & local p_pl=$!
   (
-    manage neutron-schema "$PY" "$HELPER" schema neutron "$netc/neutron.conf"
+    manage neutron-schema "$PY" "$HELPER" schema neutron "$STATE/etc/neutron/neutron.conf"
   ) & local p_ne=$!
   (
     manage nova-manage "${NM[@]}" api_db sync
@@ -513,29 +575,31 @@ EOF
   wait "$p_ne" || die "neutron schema failed"
   wait "$p_no" || die "nova schema failed"
   "$PY" "$HELPER" wal "$STATE"/db/{placement,neutron,nova_api,nova_cell0,nova}.sqlite
-  log "compute: schemas (placement, nova api/cell0/cell1, neutron) in $(elapsed "$t1") s"
-
-  t1=$(now)
-  uwsgi_app placement "$PLACEMENT_PORT" /usr/bin/placement-api 1 \
-    --env "OS_PLACEMENT_CONFIG_DIR=$etc"
+}
+up_compute() {
+  uwsgi_app placement "$PLACEMENT_PORT" /usr/bin/placement-api 1 2 \
+    --env "OS_PLACEMENT_CONFIG_DIR=$STATE/etc/placement"
   PYTHONPATH="$OS_HERE/pylib" run_entry neutron-server neutron.cmd.eventlet.server:main \
-    --config-file "$netc/neutron.conf"
-  uwsgi_app nova-api "$NOVA_PORT" "$OS_HERE/lib/wsgi/nova-api.py" 1 \
-    --env "OS_NOVA_CONFIG_DIR=$nenc" --env "OS_NOVA_CONFIG_FILES=api-paste.ini;nova.conf"
-  run_entry nova-conductor nova.cmd.conductor:main --config-file "$nenc/nova.conf"
-  run_entry nova-scheduler nova.cmd.scheduler:main --config-file "$nenc/nova.conf"
+    --config-file "$STATE/etc/neutron/neutron.conf"
+  uwsgi_app nova-api "$NOVA_PORT" "$OS_HERE/lib/wsgi/nova-api.py" 1 1 \
+    --env "OS_NOVA_CONFIG_DIR=$STATE/etc/nova" --env "OS_NOVA_CONFIG_FILES=api-paste.ini;nova.conf;nova-db.conf"
+  run_entry nova-conductor nova.cmd.conductor:main "${NC[@]}"
+  run_entry nova-scheduler nova.cmd.scheduler:main "${NC[@]}"
+}
+ready_compute() {
+  # nova-compute reports its resources to placement as it starts.
   wait_http placement "http://127.0.0.1:$PLACEMENT_PORT/"
-  run_entry nova-compute nova.cmd.compute:main --config-file "$nenc/nova.conf"
+  run_entry nova-compute nova.cmd.compute:main --config-file "$STATE/etc/nova/nova.conf"
   wait_http neutron-server "http://127.0.0.1:$NEUTRON_PORT/"
   wait_http nova-api "http://127.0.0.1:$NOVA_PORT/"
   # The compute host registers itself in the cell; then map it.
   local i ok=0
-  for i in $(seq 1 120); do
+  for i in $(seq 1 240); do
     if [ "$(sqlite3 "$STATE/db/nova.sqlite" "select count(*) from compute_nodes where deleted = 0" 2>/dev/null || echo 0)" -gt 0 ]; then
       ok=1; break
     fi
-    ours "$(pid_of nova-compute)" || fail_with nova-compute "nova-compute exited"
-    sleep 0.5
+    ours nova-compute || fail_with nova-compute "nova-compute exited"
+    sleep 0.25
   done
   [ "$ok" -eq 1 ] || fail_with nova-compute "nova-compute did not register a compute node"
   manage nova-manage "${NM[@]}" cell_v2 discover_hosts
@@ -543,20 +607,17 @@ EOF
   wait_consumer scheduler 60 || fail_with nova-scheduler "nova-scheduler never consumed its queue"
   wait_consumer compute.bomarun 60 || fail_with nova-compute "nova-compute never consumed its queue"
   manage compute-setup "$PY" "$HELPER" compute-setup "$STATE"
-  log "compute: services up in $(elapsed "$t1") s"
-  T_LAYER[compute]=$(elapsed "$t0")
-  log "compute: placement :$PLACEMENT_PORT, nova :$NOVA_PORT, neutron :$NEUTRON_PORT in ${T_LAYER[compute]} s"
+  mark compute
 }
 
 # ============================================================================
 # (d) Octavia
 # ============================================================================
-layer_octavia() {
-  local t0; t0=$(now)
+cfg_octavia() {
   local etc="$STATE/etc/octavia" ca="$STATE/data/octavia/ca"
-  mkdir -p "$etc" "$ca" "$STATE/data/octavia/locks"
-  # A throwaway CA for [certificates]: the amphora noop driver never uses it,
-  # but the controller worker loads it.
+  mkdir -p "$etc" "$ca" "$STATE/data/octavia/locks" "$STATE/data/octavia/certificates"
+  # A throwaway CA for [certificates]: the controller worker signs an
+  # amphora certificate with it even when the amphora is a noop.
   openssl req -x509 -newkey rsa:2048 -days 2 -subj "/CN=bomarun-test-octavia-ca" \
     -keyout "$ca/ca.key" -out "$ca/ca.pem" -passout "pass:$OCTAVIA_CA_PASSPHRASE" >/dev/null 2>&1 \
     || die "octavia: CA generation failed"
@@ -564,6 +625,7 @@ layer_octavia() {
 [DEFAULT]
 host = bomarun
 use_stderr = true
+graceful_shutdown_timeout = 3
 transport_url = $TRANSPORT_URL
 [api_settings]
 bind_host = 127.0.0.1
@@ -586,6 +648,7 @@ amp_boot_network_list = 00000000-0000-0000-0000-000000000001
 amp_flavor_id = 1
 amp_image_tag = amphora
 amp_secgroup_list = 00000000-0000-0000-0000-000000000002
+client_ca = $ca/ca.pem
 [task_flow]
 jobboard_enabled = false
 [certificates]
@@ -594,9 +657,16 @@ ca_certificate = $ca/ca.pem
 ca_private_key = $ca/ca.key
 ca_private_key_passphrase = $OCTAVIA_CA_PASSPHRASE
 server_certs_key_passphrase = $OCTAVIA_CERTS_PASSPHRASE
+storage_path = $STATE/data/octavia/certificates
 [haproxy_amphora]
 server_ca = $ca/ca.pem
 client_cert = $ca/ca.pem
+base_path = $STATE/data/octavia
+base_cert_dir = $STATE/data/octavia/certs
+[driver_agent]
+status_socket_path = $STATE/run/octavia-status.sock
+stats_socket_path = $STATE/run/octavia-stats.sock
+get_socket_path = $STATE/run/octavia-get.sock
 [oslo_messaging]
 topic = octavia_prov
 [oslo_concurrency]
@@ -606,34 +676,52 @@ driver = noop
 $(authtoken keystone_authtoken octavia "$OCTAVIA_PASSWORD")
 $(authtoken service_auth octavia "$OCTAVIA_PASSWORD")
 EOF
-  manage octavia-schema "$PY" "$HELPER" schema octavia "$etc/octavia.conf"
+}
+db_octavia() {
+  # Octavia's migrations fail on sqlite: schema from its models, lookup
+  # tables seeded as its functional tests do.
+  manage octavia-schema "$PY" "$HELPER" schema octavia "$STATE/etc/octavia/octavia.conf"
   "$PY" "$HELPER" wal "$STATE/db/octavia.sqlite"
-  spawn octavia-api octavia-api --config-file "$etc/octavia.conf"
-  spawn octavia-worker octavia-worker --config-file "$etc/octavia.conf"
+}
+up_octavia() {
+  spawn octavia-api octavia-api --config-file "$STATE/etc/octavia/octavia.conf"
+  spawn octavia-worker octavia-worker --config-file "$STATE/etc/octavia/octavia.conf"
+}
+ready_octavia() {
   wait_http octavia-api "http://127.0.0.1:$OCTAVIA_PORT/"
+  # The API casts to the worker over RabbitMQ; a cast before the worker's
+  # queue has a consumer is lost and the LB stays PENDING_CREATE.
   wait_consumer octavia_prov 90 || fail_with octavia-worker "octavia-worker never consumed octavia_prov"
-  T_LAYER[octavia]=$(elapsed "$t0")
-  log "octavia: up on http://127.0.0.1:$OCTAVIA_PORT in ${T_LAYER[octavia]} s"
+  mark octavia
 }
 
 # ============================================================================
-# (e) Heat + Magnum (opt-in)
+# (e) Heat + Magnum (opt-in): lib/magnum.sh
 # ============================================================================
-layer_magnum() {
-  . "$OS_HERE/lib/magnum.sh"
-  magnum_layer
-}
+if has magnum; then . "$OS_HERE/lib/magnum.sh"; fi
 
 # ============================================================================
-for l in ${LAYERS//,/ }; do
-  "layer_$l"
-done
+L=(${LAYERS//,/ })
+for l in "${L[@]}"; do "cfg_$l"; done
+log "configs written to $STATE/etc (+$(elapsed "$T_ALL") s)"
+# Databases in the background while Keystone comes up; RabbitMQ boots too.
+for l in "${L[@]}"; do [ "$l" = keystone ] || bg "$l" "db_$l"; done
+has rabbit && up_rabbit
+db_keystone
+up_keystone
+ready_keystone
+wait_bg
+log "databases ready (+$(elapsed "$T_ALL") s)"
+has rabbit && ready_rabbit
+for l in "${L[@]}"; do case "$l" in keystone|rabbit) ;; *) "up_$l" ;; esac; done
+for l in "${L[@]}"; do case "$l" in keystone|rabbit) ;; *) "ready_$l" ;; esac; done
+
 echo "$LAYERS" >"$STATE/run/layers"
 date -u +%FT%TZ >"$STATE/run/started"
 total=$(elapsed "$T_ALL")
 {
   echo "START_SECONDS=$total"
-  for l in ${LAYERS//,/ }; do echo "START_SECONDS_${l^^}=${T_LAYER[$l]:-0}"; done
+  for l in "${L[@]}"; do echo "READY_AT_${l^^}=${T_LAYER[$l]:-0}"; done
 } >"$STATE/run/timing.env"
 log "stack up in $total s (layers: $LAYERS); state in $STATE"
 log "  clouds.yaml: $STATE/clouds.yaml (bomarun-admin, bomarun-member, bomarun-appcred, bomarun-system)"

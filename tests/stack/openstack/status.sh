@@ -11,7 +11,7 @@ STATE=$(os_state_dir "${1:-}")
 rc=0
 for name in $(cat "$STATE/run/order"); do
   pid=$(cat "$STATE/run/$name.pid" 2>/dev/null || true)
-  if ours "$pid"; then
+  if ours "$name"; then
     printf '%-16s pid %-7s running\n' "$name" "$pid"
   else
     printf '%-16s pid %-7s NOT RUNNING\n' "$name" "${pid:-?}"; rc=1

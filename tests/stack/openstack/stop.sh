@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Stops the local OpenStack test stack started by start.sh from STATE_DIR:
-# each recorded process group, newest first, by its leader's PID (TERM, then
-# KILL after 10 s).  A PID that is not ours any more (its process does not
-# carry BOMARUN_OPENSTACK_STACK=STATE_DIR) is left alone.  Never by name.
-# The state directory is kept (logs); start.sh wipes it on the next start.
+# every recorded process group, by its leader's PID (SIGTERM to all, then
+# SIGKILL to what is left after 15 s).  A recorded PID that now names another
+# process (same PID, another start time) is left alone.  Never by name.
+# The state directory is kept (logs, configs); start.sh wipes it on the next
+# start.
 #
 # Usage:  stop.sh [STATE_DIR]    (default $BOMARUN_OPENSTACK_DIR or /tmp/bomarun-openstack)
 set -uo pipefail
@@ -12,25 +13,14 @@ STATE=$(os_state_dir "${1:-}")
 [ -d "$STATE/run" ] || { log "nothing to stop in $STATE"; exit 0; }
 [ -f "$STATE/$MARKER" ] || die "$STATE was not made by start.sh"
 
-names=$(tac "$STATE/run/order" 2>/dev/null || true)
-# Anything with a pid file but missing from the order list, too.
+names=""
 for f in "$STATE"/run/*.pid; do
   [ -e "$f" ] || continue
-  n=$(basename "$f" .pid)
-  case "$n" in rabbitmq-beam) continue ;; esac
-  printf '%s\n' "$names" | grep -qxF "$n" || names="$names
-$n"
+  names="$names $(basename "$f" .pid)"
 done
-stopped=0
-for name in $names; do
-  f="$STATE/run/$name.pid"
-  [ -f "$f" ] || continue
-  pid=$(cat "$f")
-  if ours "$pid" || [ -n "$(group_members "$pid")" ]; then
-    stop_group "$name" "$pid"
-    stopped=$((stopped + 1))
-  fi
-  rm -f "$f"
-done
+live=0
+for n in $names; do ours "$n" && live=$((live + 1)); done
+stop_groups $names
+for n in $names; do rm -f "$STATE/run/$n.pid" "$STATE/run/$n.start"; done
 rm -f "$STATE/run/order" "$STATE/run/started" "$STATE/run/layers"
-log "stopped $stopped process groups from $STATE"
+log "stopped $live process groups from $STATE"

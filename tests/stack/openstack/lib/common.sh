@@ -21,46 +21,65 @@ die() { printf '[openstack-stack] ERROR: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# Is PID alive and one of ours (started from this STATE)?  Guards against a
-# recycled PID: every process we start carries BOMARUN_OPENSTACK_STACK=STATE.
+# starttime PID: the process's start time in clock ticks since boot (field 22
+# of /proc/PID/stat); with the PID it names one process for good.
+starttime() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  set -- ${stat##*) }
+  printf '%s\n' "${20}"
+}
+
+# Has PID our marker in its environment?  (uwsgi overwrites its own.)
+has_marker() {
+  [ -r "/proc/$1/environ" ] || return 1
+  tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "BOMARUN_OPENSTACK_STACK=$STATE"
+}
+
+# ours NAME: is the process recorded as NAME in STATE/run still alive and
+# still the one we started?  A recycled PID has another start time.
 ours() {
-  local pid=$1
-  [ -n "$pid" ] && [ -r "/proc/$pid/environ" ] || return 1
-  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "BOMARUN_OPENSTACK_STACK=$STATE"
+  local name=$1 pid want
+  pid=$(cat "$STATE/run/$name.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+  want=$(cat "$STATE/run/$name.start" 2>/dev/null || true)
+  if [ -n "$want" ]; then
+    [ "$(starttime "$pid")" = "$want" ]
+  else
+    has_marker "$pid"
+  fi
 }
 
 # PIDs whose process group or session is PGID.
 group_members() {
-  local pgid=$1 f stat rest
-  for f in /proc/[0-9]*/stat; do
-    stat=$(cat "$f" 2>/dev/null) || continue
-    rest=${stat##*) }            # fields after "pid (comm) "
-    set -- $rest                 # $1 state, $2 ppid, $3 pgrp, $4 session
-    if [ "$3" = "$pgid" ] || [ "$4" = "$pgid" ]; then
-      f=${f#/proc/}; printf '%s\n' "${f%/stat}"
-    fi
-  done
+  ps -e -o pid=,pgid=,sid= | awk -v g="$1" '$2 == g || $3 == g { print $1 }'
 }
 
-# Stop one recorded process group by its leader's PID: TERM, wait, KILL.
-stop_group() {
-  local name=$1 pid=$2 i
-  if ! ours "$pid" && [ -z "$(group_members "$pid")" ]; then
-    return 0
-  fi
-  if ! ours "$pid"; then
-    # The leader is gone but its group lives on: only kill members that
-    # carry our marker.
-    local m
-    for m in $(group_members "$pid"); do ours "$m" && kill -KILL "$m" 2>/dev/null || true; done
-    return 0
-  fi
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
-    [ -z "$(group_members "$pid")" ] && return 0
+# stop_groups NAME...: stop the process groups recorded under these names,
+# by their leaders' PIDs: SIGTERM to every group at once, up to 15 s for all
+# of them to go, then SIGKILL to what is left.  A leader that is gone (or
+# whose PID now names another process) is not signalled; members of its old
+# group that still carry our marker are killed.
+stop_groups() {
+  local name pid m i live pids=""
+  for name in "$@"; do
+    pid=$(cat "$STATE/run/$name.pid" 2>/dev/null) || continue
+    if ours "$name"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      pids="$pids $pid"
+    else
+      for m in $(group_members "$pid"); do has_marker "$m" && kill -KILL "$m" 2>/dev/null || true; done
+    fi
+  done
+  for i in $(seq 1 75); do
+    live=""
+    for pid in $pids; do [ -n "$(group_members "$pid")" ] && live="$live $pid"; done
+    [ -z "$live" ] && return 0
     sleep 0.2
   done
-  log "$name (pgid $pid) still running after 10 s: SIGKILL"
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  for m in $(group_members "$pid"); do kill -KILL "$m" 2>/dev/null || true; done
+  for pid in $live; do
+    log "process group $pid still running after 15 s: SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    for m in $(group_members "$pid"); do kill -KILL "$m" 2>/dev/null || true; done
+  done
 }

@@ -33,7 +33,10 @@ def die(msg):
 
 
 def port_free(port):
+    # SO_REUSEADDR as the servers set it: a port whose last connections are
+    # in TIME_WAIT is free for them; one with a listener is not.
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(("127.0.0.1", port))
         return True
