@@ -699,9 +699,10 @@ end
 ---@param err? string
 ---@return bomarun.AnsibleResult|nil
 function M.gate(s, res, err)
-  -- Tail calls: the gate records the runbook's line, not this one.
-  if res == nil then return s:gate(false, err or "ansible: no result") end
-  return s:gate(res.ok and res, M.describe(res))
+  -- Level 2: the gate records the runbook's line, not this one.
+  if res == nil then return s:gate(false, err or "ansible: no result", 2) end
+  local r = s:gate(res.ok and res, M.describe(res), 2)
+  return r
 end
 
 -- The run ---------------------------------------------------------------------

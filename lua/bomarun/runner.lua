@@ -51,25 +51,30 @@ local function msg_text(msg)
   return tostring(msg)
 end
 
---- Fail the runbook unless cond holds.
+--- Fail the runbook unless cond holds.  `level` says whose line to record:
+--- 1 (the default) the caller of gate; 2 its caller (for helpers that gate
+--- on a runbook's behalf, like ansible.gate).
 ---@param cond any
 ---@param msg string
-function Step:gate(cond, msg)
+---@param level? integer
+function Step:gate(cond, msg, level)
   local ok = cond and true or false
-  local where = caller_where(2)
+  level = (level or 1) + 1
+  local where = caller_where(level)
   self._run.journal:emit({type = "gate", step = self.id, ok = ok, message = msg_text(msg), where = where})
   self:_line(string.format("gate %s: %s", ok and "ok" or "FAILED", msg_text(msg)))
-  if not ok then raise_failure("gate", "gate failed: " .. msg_text(msg), 2) end
+  if not ok then raise_failure("gate", "gate failed: " .. msg_text(msg), level) end
   return cond
 end
 
---- Record a failure unless cond holds, and carry on.
+--- Record a failure unless cond holds, and carry on (`level` as for gate).
 ---@param cond any
 ---@param msg string
+---@param level? integer
 ---@return boolean
-function Step:check(cond, msg)
+function Step:check(cond, msg, level)
   local ok = cond and true or false
-  local where = caller_where(2)
+  local where = caller_where((level or 1) + 1)
   self._run.journal:emit({type = "check", step = self.id, ok = ok, message = msg_text(msg), where = where})
   self:_line(string.format("check %s: %s", ok and "ok" or "FAILED", msg_text(msg)))
   if not ok then self._failed_checks = self._failed_checks + 1 end
