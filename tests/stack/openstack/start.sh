@@ -13,8 +13,9 @@
 #             neutron-server (ML2, no agents, a bind-every-port driver)
 #   octavia   Octavia API + worker (amphora provider, noop drivers, a
 #             throwaway CA)
-#   magnum    Heat API + engine, Magnum API + conductor, and the stand-in
-#             signaller for Heat software deployments (opt-in)
+#   magnum    Heat API + engine, Magnum API + conductor, a loopback stand-in
+#             for etcd discovery (opt-in: lib/magnum.sh; the Heat signaller
+#             stand-in is lib/heat-signaller-standin.py, run per cluster)
 #
 # Usage:  start.sh [--layers LIST] [STATE_DIR]
 #   STATE_DIR  default $BOMARUN_OPENSTACK_DIR or /tmp/bomarun-openstack
