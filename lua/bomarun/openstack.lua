@@ -68,9 +68,9 @@ end
 --- The cloud entry `name` from clouds.yaml (+ secure.yaml), searched in
 --- $OS_CLIENT_CONFIG_FILE, ./, ~/.config/openstack/, /etc/openstack/.
 ---@return table|nil cloud, string|nil err
-function M.load_cloud(name)
+function M.load_cloud(name, clouds_file)
   local tried = {}
-  for _, path in ipairs(config_paths("clouds")) do
+  for _, path in ipairs(clouds_file and {clouds_file} or config_paths("clouds")) do
     tried[#tried + 1] = path
     local doc = yaml_load(path)
     if doc and type(doc.clouds) == "table" and doc.clouds[name] then
@@ -155,11 +155,17 @@ end
 local Conn = {}
 Conn.__index = Conn
 
+-- base + path; a version segment in both (an identity endpoint ending in
+-- /v3 and a path starting /v3/...) is not doubled.
 local function join_url(base, path)
   if path:match("^https?://") then return path end
   base = base:gsub("/+$", "")
   if path == "" then return base end
   if path:sub(1, 1) ~= "/" then path = "/" .. path end
+  local last = base:match("/(v%d[%w.]*)$")
+  if last and (path == "/" .. last or path:sub(1, #last + 2) == "/" .. last .. "/") then
+    path = path:sub(#last + 2)
+  end
   return base .. path
 end
 
@@ -546,6 +552,7 @@ end
 
 ---@class bomarun.OpenStackOptions
 ---@field cloud? string            a clouds.yaml entry
+---@field clouds_file? string      read this clouds.yaml instead of searching
 ---@field auth? table              {auth_url, username, password, user_domain_name, project_name, project_domain_name, ...}
 ---@field region_name? string
 ---@field interface? string        "public" (default), "internal", "admin"
@@ -565,7 +572,7 @@ function M.connect(opts)
   opts = opts or {}
   local cloud, err
   if opts.cloud then
-    cloud, err = M.load_cloud(opts.cloud)
+    cloud, err = M.load_cloud(opts.cloud, opts.clouds_file)
   elseif opts.auth then
     cloud = {auth = opts.auth}
   else

@@ -55,8 +55,11 @@ return function(M, service, collection)
       return h:call("PUT", "image", "/v2/images/" .. id .. "/stage", {body_file = path,
         content_type = "application/octet-stream", timeout = 3600})
     end,
-    import = function(h, _, id, method)
-      return h:call("POST", "image", "/v2/images/" .. id .. "/import", {body = {method = method}})
+    --- Import staged data ("glance-direct") or let Glance fetch a URL
+    --- ("web-download", uri).
+    import = function(h, _, id, method, uri)
+      return h:call("POST", "image", "/v2/images/" .. id .. "/import",
+                    {body = {method = {name = method, uri = uri}}})
     end,
     --- Set (or remove, with json.null) properties: a JSON-patch.
     set_properties = function(h, s, id, props)
