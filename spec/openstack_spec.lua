@@ -218,6 +218,30 @@ describe("openstack against the local cloud", function()
     end)
   end)
 
+  it("the example image-stage-verify runbook stages, waits for and verifies an image", function()
+    local d = util.tmpdir(finally)
+    local file = d .. "/image.qcow2"
+    proc.run{shell = "head -c 1048576 /dev/urandom > " .. file}
+    local sha = proc.run{argv = {"sha512sum", file}}.stdout:match("^(%x+)")
+    local name = unique("bomarun-spec-example")
+    util.write(d .. "/site.lua", string.format("return {cloud = 'bomarun-admin', image = '%s', image_file = '%s', " ..
+      "image_sha512 = '%s', kube_version = 'v1.34.8', os_distro = 'ubuntu', disk_format = 'raw', timeout = 60}\n",
+      name, file, sha))
+    local r = assert(proc.run{argv = {BIN, SRC .. "/examples/image-stage-verify.lua", "--profile", d .. "/site.lua",
+                                      "--run-dir", d .. "/runs"}, env = {OS_CLIENT_CONFIG_FILE = CLOUDS}, timeout = 120})
+    local img = admin.image:find(name)
+    if img then finally(function() admin.image:delete(img.id) end) end
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("8%.0%.b%s+PASS", r.stdout)
+    assert.equal("active", img.status)
+    assert.equal("v1.34.8", img.kube_version)
+    -- Run again: the image is found, not created a second time.
+    r = assert(proc.run{argv = {BIN, SRC .. "/examples/image-stage-verify.lua", "--profile", d .. "/site.lua",
+                                "--run-dir", d .. "/runs"}, env = {OS_CLIENT_CONFIG_FILE = CLOUDS}, timeout = 120})
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.equal(img.id, admin.image:find(name).id)
+  end)
+
   describe("faults (a loopback fault proxy in front of Glance)", function()
     local proxy, proxy_url, h
 
