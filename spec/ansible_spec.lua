@@ -9,6 +9,8 @@ local ansible = require "bomarun.ansible"
 local json = require "bomarun.json"
 local proc = require "bomarun.proc"
 local task = require "bomarun.task"
+local util = require "support.util"
+local read, write, alive = util.read, util.write, util.pid_alive
 
 local SOURCE = os.getenv("BOMARUN_SOURCE") or "."
 local BIN = os.getenv("BOMARUN_BIN") or (SOURCE .. "/build/bomarun")
@@ -19,20 +21,6 @@ local server, base
 local function sh(cmd)
   local r = assert(proc.run{shell = cmd, timeout = 60, quiet = true})
   return r
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
 end
 
 local function mkdir(path)
@@ -58,11 +46,6 @@ local function procs_matching(needle)
     end
   end
   return found
-end
-
-local function alive(pid)
-  local r = sh("ps -o stat= -p " .. pid)
-  return r.code == 0 and not r.stdout:match("^%s*Z")
 end
 
 local function eventually(seconds, fn)

@@ -5,6 +5,9 @@ local dag = require "bomarun.dag"
 local json = require "bomarun.json"
 local proc = require "bomarun.proc"
 local task = require "bomarun.task"
+local util = require "support.util"
+local read, write, wait_for, alive = util.read, util.write, util.wait_for, util.pid_alive
+local function tmpdir() return util.tmpdir(finally) end
 local host = require "bomarun._host"
 
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
@@ -32,39 +35,6 @@ local function xorshift(seed)
   return r
 end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(host.mkdir(d))
-  finally(function() proc.run{argv = {"rm", "-rf", d}} end)
-  return d
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function wait_for(fn, seconds, what)
-  local t0 = task.now()
-  while task.now() - t0 < seconds do
-    local v = fn()
-    if v then return v end
-    task.sleep(0.05)
-  end
-  error("timed out waiting for " .. what)
-end
-
 -- Live processes in process group `pgid` (zombies excluded: in some
 -- containers PID 1 is slow to reap the orphans it adopts).
 local function group_members(pgid)
@@ -74,11 +44,6 @@ local function group_members(pgid)
     if tonumber(g) == pgid and not stat:match("^Z") then pids[#pids + 1] = tonumber(pid) end
   end
   return pids
-end
-
-local function alive(pid)
-  local r = proc.run{argv = {"ps", "-o", "stat=", "-p", tostring(pid)}}
-  return r.code == 0 and not r.stdout:match("^%s*Z")
 end
 
 local function all_gone(pids, seconds)
