@@ -594,7 +594,7 @@ function M.connect(opts)
     region = opts.region_name or cloud.region_name, interface = opts.interface or cloud.interface,
     cacert = opts.cacert or cloud.cacert, insecure = opts.insecure or cloud.verify == false,
     timeout = opts.timeout or 60, retries = opts.retries or 3, backoff = opts.backoff or 0.5,
-    microversions = merge({compute = "2.79"}, opts.microversions),
+    microversions = merge({compute = "2.79", ["container-infra"] = "latest"}, opts.microversions),
     endpoints = opts.endpoints or {}, handles = {}, caps = {},
     cap_limits = opts.concurrency or {}, cap_default = 8, source = cloud.source,
   }, Conn)

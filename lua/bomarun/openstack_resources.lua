@@ -204,10 +204,11 @@ return function(M, service, collection)
   -- Container infra (Magnum) -----------------------------------------------------------
   S.container_infra = service({
     templates = {service = "container-infra", path = "/clustertemplates", key = "clustertemplates",
-                 what = "cluster template", bare_create = true, update_method = "PATCH"},
+                 what = "cluster template", bare_create = true, update_method = "PATCH", name_filter = false},
     clusters = {service = "container-infra", path = "/clusters", key = "clusters", what = "cluster",
                 bare_create = true, ok = {"CREATE_COMPLETE", "UPDATE_COMPLETE"},
-                fail = {"CREATE_FAILED", "UPDATE_FAILED", "DELETE_FAILED"}, show_after_find = true},
+                fail = {"CREATE_FAILED", "UPDATE_FAILED", "DELETE_FAILED"}, show_after_find = true,
+                name_filter = false},
   }, {
     --- Resize a cluster's default worker group.
     resize = function(h, _, id, node_count)
@@ -219,6 +220,58 @@ return function(M, service, collection)
       local c, err, code = s.clusters:show(id)
       if not c then return nil, err, code end
       return {status = c.health_status, reason = c.health_status_reason}
+    end,
+    --- Write a kubeconfig for the cluster to `path` (mode 0600), as
+    --- `openstack coe cluster config` does for Kubernetes: the cluster's CA,
+    --- and a client certificate Magnum signs for a key made here (the key
+    --- never leaves this machine).  Returns path.
+    config = function(h, s, id, path)
+      local c, err, code = s.clusters:show(id)
+      if not c then return nil, err, code end
+      if not c.api_address then
+        return nil, "openstack: cluster " .. id .. " has no api_address yet (status " .. tostring(c.status) .. ")",
+          "NOT_READY"
+      end
+      local ca, cerr, ccode = h:call("GET", "container-infra", "/certificates/" .. c.uuid)
+      if not ca then return nil, cerr, ccode end
+      local dir = os.tmpname()
+      os.remove(dir)
+      local ok, perr = proc.run{argv = {"mkdir", "-m", "700", dir}, quiet = true}
+      if not ok or ok.code ~= 0 then return nil, "openstack: cannot make a temporary directory: " .. tostring(perr), "LOCAL_FILE" end
+      local function cleanup() proc.run{argv = {"rm", "-rf", dir}, quiet = true} end
+      local r = proc.run{argv = {"openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", dir .. "/key.pem",
+                                 "-subj", "/CN=admin/O=system:masters", "-out", dir .. "/csr.pem"}, timeout = 60, quiet = true}
+      if not r or r.code ~= 0 then cleanup() return nil, "openstack: openssl could not make a key and CSR", "LOCAL" end
+      local f = io.open(dir .. "/csr.pem")
+      local csr = f:read("a")
+      f:close()
+      local signed, serr, scode = h:call("POST", "container-infra", "/certificates",
+                                         {body = {cluster_uuid = c.uuid, csr = csr}})
+      if not signed then cleanup() return nil, serr, scode end
+      f = io.open(dir .. "/key.pem")
+      local key = f:read("a")
+      f:close()
+      cleanup()
+      local function b64(text)
+        local rr = proc.run{argv = {"base64", "-w0"}, stdin = text, quiet = true}
+        return rr.stdout
+      end
+      local name = c.name or c.uuid
+      local yaml = table.concat({
+        "apiVersion: v1", "kind: Config", "clusters:", "- name: " .. name, "  cluster:",
+        "    server: " .. c.api_address, "    certificate-authority-data: " .. b64(ca.pem),
+        "users:", "- name: admin", "  user:", "    client-certificate-data: " .. b64(signed.pem),
+        "    client-key-data: " .. b64(key),
+        "contexts:", "- name: default", "  context:", "    cluster: " .. name, "    user: admin",
+        "current-context: default", ""}, "\n")
+      local out = io.open(path, "w")
+      if not out then return nil, "openstack: cannot write " .. path, "LOCAL_FILE" end
+      out:close()
+      proc.run{argv = {"chmod", "600", path}, quiet = true}
+      out = io.open(path, "w")
+      out:write(yaml)
+      out:close()
+      return path
     end,
   })
 end

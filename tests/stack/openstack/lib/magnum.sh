@@ -43,7 +43,15 @@ endpoint_type = public
 [clients_keystone]
 auth_uri = $KS_URL
 $(authtoken keystone_authtoken heat "$HEAT_PASSWORD")
-$(authtoken trustee heat "$HEAT_PASSWORD")
+[trustee]
+# No project here: Heat scopes the trustee's auth to the trust, and a
+# project as well makes keystoneauth refuse ("cannot be scoped to multiple
+# targets"), which fails every stack update (cluster resize).
+auth_type = password
+auth_url = $KS_URL
+username = heat
+password = $HEAT_PASSWORD
+user_domain_name = Default
 EOF2
   cat >"$metc/magnum.conf" <<EOF2
 [DEFAULT]
