@@ -207,7 +207,9 @@ EOF
   fi
 }
 
-sqlite_url() { echo "sqlite:///$STATE/db/$1.sqlite"; }
+# timeout: how long a writer waits for the lock (pysqlite defaults to 5 s,
+# which concurrent Nova/Heat writers exceed; then "database is locked").
+sqlite_url() { echo "sqlite:///$STATE/db/$1.sqlite?timeout=30"; }
 
 # Each layer has four steps, run in this order across all layers so that the
 # slow parts overlap (2 cores; most of the time is Python importing):
