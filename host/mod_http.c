@@ -241,7 +241,7 @@ static int start_timeout(CURLM *m, long ms, void *userp)
     if (ms < 0)
         uv_timer_stop(&g_timer);
     else
-        bm_timer_start(&g_timer, on_timeout, (uint64_t)(ms ? ms : 1), 0);
+        bm_timer_start(&g_timer, on_timeout, (uint64_t)ms, 0);
     return 0;
 }
 
