@@ -95,3 +95,8 @@ void bm_stream_free(struct bm_stream *s)
     bm_buf_free(&s->all);
     bm_buf_free(&s->partial);
 }
+
+void bm_stream_push(lua_State *L, const struct bm_stream *s)
+{
+    lua_pushlstring(L, s->all.data ? s->all.data : "", s->all.len);
+}

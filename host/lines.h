@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include <lua.h>
+
 struct bm_buf {
     char *data;
     size_t len, cap;
@@ -31,5 +33,7 @@ void bm_stream_feed(struct bm_stream *s, const char *p, size_t n,
 /* Emit the unfinished last line, if any. */
 void bm_stream_flush(struct bm_stream *s, int on_line_ref, const char *who);
 void bm_stream_free(struct bm_stream *s);
+/* Pushes everything the stream collected as one Lua string. */
+void bm_stream_push(lua_State *L, const struct bm_stream *s);
 
 #endif

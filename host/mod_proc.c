@@ -107,11 +107,9 @@ static void push_result(lua_State *L, struct proc *p)
         lua_pushinteger(L, p->term_signal);
         lua_setfield(L, -2, "signal");
     }
-    lua_pushlstring(L, p->out[1].all.data ? p->out[1].all.data : "",
-                    p->out[1].all.len);
+    bm_stream_push(L, &p->out[1]);
     lua_setfield(L, -2, "stdout");
-    lua_pushlstring(L, p->out[2].all.data ? p->out[2].all.data : "",
-                    p->out[2].all.len);
+    bm_stream_push(L, &p->out[2]);
     lua_setfield(L, -2, "stderr");
     lua_pushnumber(L, (lua_Number)(p->t_end - p->t_start) / 1e9);
     lua_setfield(L, -2, "duration");

@@ -925,6 +925,38 @@ static void drop_lock(struct op *op)
         op->s->lock_owner = NULL;
 }
 
+static void *open_channel(LIBSSH2_SESSION *ssh)
+{
+    return libssh2_channel_open_session(ssh);
+}
+
+static void *open_sftp(LIBSSH2_SESSION *ssh)
+{
+    return libssh2_sftp_init(ssh);
+}
+
+/* A session-level request returning a handle (NULL with EAGAIN while it is
+ * pending) keeps its state in the session: run it under the session lock.
+ * Returns DONE with *out set, AGAIN, or FAILED. */
+static int locked_open(struct op *op, void *(*open)(LIBSSH2_SESSION *),
+                       void **out, const char *code, const char *what)
+{
+    struct sess *s = op->s;
+    int rc;
+    if (!take_lock(op))
+        return AGAIN;
+    *out = open(s->ssh);
+    if (!*out) {
+        rc = libssh2_session_last_errno(s->ssh);
+        if (rc == LIBSSH2_ERROR_EAGAIN)
+            return AGAIN;
+        drop_lock(op);
+        return fail_rc(op, code, rc, what);
+    }
+    drop_lock(op);
+    return DONE;
+}
+
 static int exec_io(struct op *op)
 {
     char buf[CHUNK];
@@ -1022,17 +1054,10 @@ static int step_exec(struct op *op)
             if (op->cancelled || op->timed_out)
                 return fail(op, op->timed_out ? "TIMEOUT" : "CANCELLED",
                             "gave up before the channel opened");
-            if (!take_lock(op))
-                return AGAIN;
-            op->ch = libssh2_channel_open_session(s->ssh);
-            if (!op->ch) {
-                rc = libssh2_session_last_errno(s->ssh);
-                if (rc == LIBSSH2_ERROR_EAGAIN)
-                    return AGAIN;
-                drop_lock(op);
-                return fail_rc(op, "CHANNEL", rc, "cannot open a channel");
-            }
-            drop_lock(op);
+            rc = locked_open(op, open_channel, (void **)&op->ch, "CHANNEL",
+                             "cannot open a channel");
+            if (rc != DONE)
+                return rc;
             op->phase = E_EXEC;
             break;
         case E_EXEC:
@@ -1215,17 +1240,10 @@ static int step_sftp(struct op *op)
             op->phase = s->sftp ? S_OPEN : S_INIT;
             break;
         case S_INIT:
-            if (!take_lock(op))
-                return AGAIN;
-            s->sftp = libssh2_sftp_init(s->ssh);
-            if (!s->sftp) {
-                rc = libssh2_session_last_errno(s->ssh);
-                if (rc == LIBSSH2_ERROR_EAGAIN)
-                    return AGAIN;
-                drop_lock(op);
-                return fail_rc(op, "SFTP", rc, "cannot start SFTP");
-            }
-            drop_lock(op);
+            rc = locked_open(op, open_sftp, (void **)&s->sftp, "SFTP",
+                             "cannot start SFTP");
+            if (rc != DONE)
+                return rc;
             op->phase = S_OPEN;
             break;
         case S_OPEN:
@@ -1388,11 +1406,9 @@ static void push_result(lua_State *L, struct op *op)
             lua_pushstring(L, op->exit_signal);
             lua_setfield(L, -2, "signal");
         }
-        lua_pushlstring(L, op->out[0].all.data ? op->out[0].all.data : "",
-                        op->out[0].all.len);
+        bm_stream_push(L, &op->out[0]);
         lua_setfield(L, -2, "stdout");
-        lua_pushlstring(L, op->out[1].all.data ? op->out[1].all.data : "",
-                        op->out[1].all.len);
+        bm_stream_push(L, &op->out[1]);
         lua_setfield(L, -2, "stderr");
         lua_pushnumber(L, dur);
         lua_setfield(L, -2, "duration");
