@@ -363,7 +363,10 @@ return runbook{id = "spin", title = "t",
       assert.truthy(read(dir .. "/summary.txt"))
       -- kill -9 cannot be caught: the step's processes are the operator's to
       -- stop (the report lists the ledger).  Stop ours by pid.
-      proc.run{shell = "kill -9 -- -$(ps -o pgid= -p " .. gc .. " | tr -d ' ')"}
+      local pgid = proc.run{argv = {"ps", "-o", "pgid=", "-p", tostring(gc)}}.stdout:match("%d+")
+      assert(pgid, "the step's process group is already gone")
+      proc.run{argv = {"kill", "-KILL", "--", "-" .. pgid}}
+      assert.is_true(util.wait_dead(gc, 5), "the step's process group survived")
     end)
   end)
 end)
