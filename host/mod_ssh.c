@@ -1520,21 +1520,40 @@ static void read_connect_opts(lua_State *L, struct sess *s)
 
 static int l_sess_gc(lua_State *L);
 
-/* connect(opts) -> session | nil, msg, CODE */
-static int l_ssh_connect(lua_State *L)
+/* Pushes a new, unconnected session handle; its __gc frees it if what
+ * follows raises. */
+static struct sess *push_new_sess(lua_State *L)
 {
-    struct sess *s, **pp;
-    struct op *op;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    sched_check_await(L, "ssh.connect");
-    s = calloc(1, sizeof *s);
+    struct sess **pp, *s = calloc(1, sizeof *s);
     if (!s)
-        return luaL_error(L, "ssh: out of memory");
+        luaL_error(L, "ssh: out of memory");
     s->fd = -1;
     s->self_ref = LUA_NOREF;
     pp = lua_newuserdatauv(L, sizeof *pp, 0);
     *pp = s;
     luaL_setmetatable(L, SESS_MT);
+    return s;
+}
+
+/* Pushes nil, "ssh: STAGE: user@host:port: why", "DISCONNECTED". */
+static int push_not_connected(lua_State *L, struct sess *s, const char *stage)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "ssh: %s: %s@%s:%d: %s", stage, s->user, s->host,
+                    s->port, s->dead ? s->dead_reason :
+                    "the session is not connected");
+    lua_pushliteral(L, "DISCONNECTED");
+    return 3;
+}
+
+/* connect(opts) -> session | nil, msg, CODE */
+static int l_ssh_connect(lua_State *L)
+{
+    struct sess *s;
+    struct op *op;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    sched_check_await(L, "ssh.connect");
+    s = push_new_sess(L);
     read_connect_opts(L, s);    /* raises on bad options; __gc frees s */
     lua_pushvalue(L, -1);
     s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1551,14 +1570,8 @@ static int l_sess_exec(lua_State *L)
     const char *cmd = luaL_checkstring(L, 2);
     struct op *op;
     sched_check_await(L, "ssh exec");
-    if (!s->connected || s->dead) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "ssh: exec: %s@%s:%d: %s", s->user, s->host,
-                        s->port, s->dead ? s->dead_reason :
-                        "the session is not connected");
-        lua_pushliteral(L, "DISCONNECTED");
-        return 3;
-    }
+    if (!s->connected || s->dead)
+        return push_not_connected(L, s, "exec");
     op = new_op(s, K_EXEC, step_exec);
     op->cmd = strdup(cmd);
     bm_stream_init(&op->out[0], "stdout", MAX_OUTPUT);
@@ -1585,14 +1598,8 @@ static int start_transfer(lua_State *L, struct sess *s, int kind,
 {
     struct op *op;
     sched_check_await(L, kind == K_PUT ? "ssh put" : "ssh get");
-    if (!s->connected || s->dead) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "ssh: sftp: %s@%s:%d: %s", s->user, s->host,
-                        s->port, s->dead ? s->dead_reason :
-                        "the session is not connected");
-        lua_pushliteral(L, "DISCONNECTED");
-        return 3;
-    }
+    if (!s->connected || s->dead)
+        return push_not_connected(L, s, "sftp");
     op = new_op(s, kind, step_sftp);
     op->stage = "sftp";
     op->remote = strdup(remote);
@@ -1824,18 +1831,11 @@ static int step_banner(struct op *op)
 /* banner{host=, port=, timeout=} -> banner line | nil, msg, CODE */
 static int l_ssh_banner(lua_State *L)
 {
-    struct sess *s, **pp;
+    struct sess *s;
     struct op *op;
     luaL_checktype(L, 1, LUA_TTABLE);
     sched_check_await(L, "ssh.wait_for_port");
-    s = calloc(1, sizeof *s);
-    if (!s)
-        return luaL_error(L, "ssh: out of memory");
-    s->fd = -1;
-    s->self_ref = LUA_NOREF;
-    pp = lua_newuserdatauv(L, sizeof *pp, 0);
-    *pp = s;
-    luaL_setmetatable(L, SESS_MT);
+    s = push_new_sess(L);
     lua_getfield(L, 1, "host");
     snprintf(s->host, sizeof s->host, "%s", luaL_checkstring(L, -1));
     lua_pop(L, 1);

@@ -652,6 +652,11 @@ local function new_run_dir(rb, opts)
   return dir, rb.id .. "-" .. id
 end
 
+local function usage_error(msg)
+  io.stderr:write("bomarun: " .. msg .. "\n")
+  return EXIT_USAGE
+end
+
 --- Run (or plan) a runbook with parsed options; returns the exit status.
 function M.main(rb, opts)
   if opts.no_color then log.set_colour(false) end
@@ -659,22 +664,19 @@ function M.main(rb, opts)
   if opts.resume then
     local r, err = load_resume(rb, opts.resume)
     if not r then
-      io.stderr:write("bomarun: " .. err .. "\n")
-      return EXIT_USAGE
+      return usage_error(err)
     end
     resume = r
     opts.profile = opts.profile or r.profile
   end
   local env, profile_name, profile_path = load_profile(rb, opts)
   if not env then
-    io.stderr:write("bomarun: " .. profile_name .. "\n")
-    return EXIT_USAGE
+    return usage_error(profile_name)
   end
   local problems = profile.check_needs(env, rb)
   local sel, serr = selection(rb, opts, resume and resume.passed)
   if not sel then
-    io.stderr:write("bomarun: " .. serr .. "\n")
-    return EXIT_USAGE
+    return usage_error(serr)
   end
   if opts.plan then
     print_plan(rb, env, profile_name, profile_path, problems, sel)
@@ -688,18 +690,15 @@ function M.main(rb, opts)
   end
   local sok, serr2 = profile.resolve_secrets(env)
   if not sok then
-    io.stderr:write("bomarun: " .. serr2 .. "\n")
-    return EXIT_USAGE
+    return usage_error(serr2)
   end
   local dir, run_id, derr = new_run_dir(rb, opts)
   if not dir then
-    io.stderr:write("bomarun: " .. derr .. "\n")
-    return EXIT_USAGE
+    return usage_error(derr)
   end
   local jr, jerr = journal_mod.open(dir)
   if not jr then
-    io.stderr:write("bomarun: " .. jerr .. "\n")
-    return EXIT_USAGE
+    return usage_error(jerr)
   end
   local run = {id = run_id, dir = dir, env = env, state = {}, journal = jr, cleanups = {}, log_seq = 0,
                keep = opts.keep, profile_name = profile_name, verbose = os.getenv("BOMARUN_VERBOSE") ~= nil}
