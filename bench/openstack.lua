@@ -59,18 +59,6 @@ local function curl_each(n, h, service, path, headers)
   return common.median(d)
 end
 
--- The local cloud keeps its state in sqlite: a burst of creates can meet
--- "database is locked" (500).  The benchmark retries those explicitly.
-local function create_retrying(fn)
-  for _ = 1, 10 do
-    local r, err = fn()
-    if r then return r end
-    if not tostring(err):find("database is locked", 1, true) then common.fail(err) end
-    task.sleep(0.5)
-  end
-  common.fail("database stayed locked")
-end
-
 local function main()
   common.run_ok("openstack-stack start", {argv = {root .. "/scripts/openstack-stack", "start", STATE}, timeout = 900})
   local h = assert(openstack.connect{cloud = "bomarun-admin", clouds_file = STATE .. "/clouds.yaml"})
@@ -102,9 +90,9 @@ local function main()
     local lbs = {}
     local t0 = task.now()
     for k = 1, LBS do
-      lbs[k] = create_retrying(function()
-        return h.loadbalancer.loadbalancers:create{name = "bomarun-bench-lb-" .. k, vip_subnet_id = sn.id}
-      end).id
+      local lb, err = h.loadbalancer.loadbalancers:create{name = "bomarun-bench-lb-" .. k, vip_subnet_id = sn.id}
+      if not lb then common.fail(err) end
+      lbs[k] = lb.id
     end
     local fns = {}
     for k = 1, LBS do fns[k] = function() return h.loadbalancer:wait_active(lbs[k], {timeout = 600, interval = 1,
@@ -123,7 +111,10 @@ local function main()
     print(string.format("openstack: %d load balancers created and ACTIVE in %.1f s; one status poll of all %d " ..
       "concurrently (8 in flight per service): median %.0f ms, %.1f ms per LB", LBS, created, LBS,
       common.median(rounds) * 1000, common.median(rounds) * 1000 / LBS))
-    for k = 1, LBS do create_retrying(function() return h.loadbalancer.loadbalancers:delete(lbs[k]) end) end
+    for k = 1, LBS do
+      local ok, err = h.loadbalancer.loadbalancers:delete(lbs[k])
+      if not ok then common.fail(err) end
+    end
     for k = 1, LBS do h.loadbalancer.loadbalancers:wait_deleted(lbs[k], {timeout = 300, interval = 1}) end
     h.network.subnets:delete(sn.id)
     h.network.networks:delete(net.id)

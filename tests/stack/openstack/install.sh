@@ -3,7 +3,7 @@
 # packages (OpenStack Zed): the python3-<service> library packages (not the
 # daemon packages, whose maintainer scripts configure databases, Apache and
 # init scripts), uwsgi, RabbitMQ and the CLI clients used by check.sh and the
-# side-by-side benchmarks.
+# side-by-side benchmarks, and MariaDB (the cloud's database).
 #
 # Idempotent: nothing is fetched when everything is installed.  No package's
 # maintainer script may leave a daemon running: a policy-rc.d that answers
@@ -21,7 +21,8 @@ PKGS=(
   python3-octavia python3-placement
   uwsgi uwsgi-plugin-python3 rabbitmq-server
   python3-openstackclient python3-octaviaclient
-  sqlite3 openssl curl procps
+  mariadb-server mariadb-client python3-pymysql
+  openssl curl procps
 )
 MAGNUM_PKGS=(python3-magnum python3-heat python3-heatclient python3-magnumclient)
 
@@ -96,7 +97,7 @@ for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
   # Daemons a postinst leaves behind are re-parented to PID 1 (or a
   # subreaper); our own pipeline's children are not.
   case "$exe" in
-    */epmd|*/beam.smp|*/erl_child_setup|*/inet_gethost|*/rabbitmq*|*/uwsgi|*/python3*)
+    */epmd|*/beam.smp|*/erl_child_setup|*/inet_gethost|*/rabbitmq*|*/uwsgi|*/python3*|*/mariadbd|*/mysqld)
       if [ "$ppid" = "1" ] || [ "$(ps -o comm= -p "$ppid" 2>/dev/null)" != "bash" ]; then
         echo "openstack-stack install: a package left $exe running as PID $pid: stopping it"
         $SUDO kill "$pid" 2>/dev/null || true

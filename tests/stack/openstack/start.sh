@@ -3,7 +3,10 @@
 # packages (OpenStack Zed; tests/stack/openstack/install.sh installs them),
 # fresh each run:
 #
-#   keystone  Keystone (fernet, sqlite) under uwsgi; admin, a second domain
+#   database  MariaDB on a unix socket in STATE_DIR/run, one database and
+#             user per service, schemas by each service's own migrations
+#             (lib/mariadb.sh; the migrated data directory is cached)
+#   keystone  Keystone (fernet) under uwsgi; admin, a second domain
 #             `capi` with project `capi-mgmt` and user `capi-member`
 #             (member + load-balancer_member), an application credential for
 #             it, service users and the catalog
@@ -176,6 +179,9 @@ gen() { openssl rand -hex 16; }
   echo "OCTAVIA_CA_PASSPHRASE=$(gen)"
   echo "OCTAVIA_CERTS_PASSPHRASE=$(gen)"     # exactly 32 characters
   echo "HEAT_AUTH_ENCRYPTION_KEY=$(gen)"
+  for s in KEYSTONE GLANCE PLACEMENT NOVA NEUTRON OCTAVIA HEAT MAGNUM; do
+    echo "DB_${s}_PASSWORD=$(gen)"
+  done
 } >"$STATE/secrets.env"
 chmod 600 "$STATE/secrets.env"
 . "$STATE/secrets.env"
@@ -207,9 +213,8 @@ EOF
   fi
 }
 
-# timeout: how long a writer waits for the lock (pysqlite defaults to 5 s,
-# which concurrent Nova/Heat writers exceed; then "database is locked").
-sqlite_url() { echo "sqlite:///$STATE/db/$1.sqlite?timeout=30"; }
+# The database server and db_url: lib/mariadb.sh.
+. "$OS_HERE/lib/mariadb.sh"
 
 # Each layer has four steps, run in this order across all layers so that the
 # slow parts overlap (2 cores; most of the time is Python importing):
@@ -256,7 +261,7 @@ cfg_keystone() {
 [DEFAULT]
 use_stderr = true
 [database]
-connection = $(sqlite_url keystone)
+connection = $(db_url keystone)
 [token]
 provider = fernet
 expiration = $TOKEN_EXPIRATION
@@ -270,8 +275,8 @@ key_repository = $STATE/data/keystone/credential-keys
 password_hash_rounds = 4
 [cache]
 # Without a cache every authenticated call re-reads role assignments a few
-# hundred times from sqlite (~250 ms a call); in-process memory is right for
-# one uwsgi process (several would each keep a stale copy).
+# hundred times from the database; in-process memory is right for one uwsgi
+# process (several would each keep a stale copy).
 enabled = true
 backend = dogpile.cache.memory
 EOF
@@ -279,7 +284,6 @@ EOF
 KM=(keystone-manage --config-file "$STATE/etc/keystone/keystone.conf")
 db_keystone() {
   manage keystone-manage "${KM[@]}" db_sync
-  "$PY" "$HELPER" wal "$STATE/db/keystone.sqlite"
 }
 up_keystone() {
   # uwsgi imports keystone (~3 s) while bootstrap writes the admin user.
@@ -315,7 +319,7 @@ enabled_import_methods = [glance-direct,web-download]
 node_staging_uri = file://$STATE/data/glance/staging
 image_cache_dir = $STATE/data/glance/cache
 [database]
-connection = $(sqlite_url glance)
+connection = $(db_url glance)
 [paste_deploy]
 flavor = keystone
 config_file = $etc/glance-api-paste.ini
@@ -338,7 +342,6 @@ EOF
 db_glance() {
   manage glance-manage "$PY" "$OS_HERE/lib/run-entry.py" glance-manage glance.cmd.manage:main \
     --config-file "$STATE/etc/glance/glance-api.conf" db_sync
-  "$PY" "$HELPER" wal "$STATE/db/glance.sqlite"
 }
 up_glance() {
   run_entry glance-api glance.cmd.api:main --config-file "$STATE/etc/glance/glance-api.conf"
@@ -432,7 +435,7 @@ cfg_compute() {
 [DEFAULT]
 use_stderr = true
 [placement_database]
-connection = $(sqlite_url placement)
+connection = $(db_url placement)
 [api]
 auth_strategy = keystone
 $(authtoken keystone_authtoken placement "$PLACEMENT_PASSWORD")
@@ -457,15 +460,11 @@ state_path = $STATE/data/neutron
 api_workers = 0
 rpc_workers = 0
 rpc_state_report_workers = 0
-# sqlite: one request at a time, and no idle kept-alive client may hold the
-# only green thread.
-wsgi_default_pool_size = 1
-wsgi_keep_alive = false
 allow_overlapping_ips = true
 notify_nova_on_port_status_changes = true
 notify_nova_on_port_data_changes = true
 [database]
-connection = $(sqlite_url neutron)
+connection = $(db_url neutron)
 [ml2]
 type_drivers = flat,vlan,vxlan
 tenant_network_types = vxlan
@@ -549,35 +548,34 @@ EOF
   # (it talks to the conductor; with them it logs "No DB access allowed").
   cat >"$nenc/nova-db.conf" <<EOF
 [api_database]
-connection = $(sqlite_url nova_api)
+connection = $(db_url nova nova_api)
 [database]
-connection = $(sqlite_url nova)
+connection = $(db_url nova nova)
 EOF
 }
 NC=(--config-file "$STATE/etc/nova/nova.conf" --config-file "$STATE/etc/nova/nova-db.conf")
 NM=("$PY" "$OS_HERE/lib/run-entry.py" nova-manage nova.cmd.manage:main "${NC[@]}")
 
 db_compute() {
-  # placement and nova migrate fine on sqlite; neutron's migrations do not,
-  # so its schema comes from its models.  The three run side by side.
+  # Each service's own migrations; the three run side by side.
   (
     manage placement-manage "$PY" "$OS_HERE/lib/run-entry.py" placement-manage placement.cmd.manage:main \
       --config-file "$STATE/etc/placement/placement.conf" db sync
   ) & local p_pl=$!
   (
-    manage neutron-schema "$PY" "$HELPER" schema neutron "$STATE/etc/neutron/neutron.conf"
+    manage neutron-db-manage "$PY" "$OS_HERE/lib/run-entry.py" neutron-db-manage neutron.db.migration.cli:main \
+      --config-file "$STATE/etc/neutron/neutron.conf" upgrade heads
   ) & local p_ne=$!
   (
     manage nova-manage "${NM[@]}" api_db sync
-    manage nova-manage "${NM[@]}" cell_v2 map_cell0 --database_connection "$(sqlite_url nova_cell0)"
+    manage nova-manage "${NM[@]}" cell_v2 map_cell0 --database_connection "$(db_url nova nova_cell0)"
     manage nova-manage "${NM[@]}" db sync
     manage nova-manage "${NM[@]}" cell_v2 create_cell --name cell1 \
-      --database_connection "$(sqlite_url nova)" --transport-url "$TRANSPORT_URL"
+      --database_connection "$(db_url nova nova)" --transport-url "$TRANSPORT_URL"
   ) & local p_no=$!
   wait "$p_pl" || die "placement schema failed"
   wait "$p_ne" || die "neutron schema failed"
   wait "$p_no" || die "nova schema failed"
-  "$PY" "$HELPER" wal "$STATE"/db/{placement,neutron,nova_api,nova_cell0,nova}.sqlite
 }
 up_compute() {
   uwsgi_app placement "$PLACEMENT_PORT" /usr/bin/placement-api 1 2 \
@@ -598,7 +596,7 @@ ready_compute() {
   # The compute host registers itself in the cell; then map it.
   local i ok=0
   for i in $(seq 1 240); do
-    if [ "$(sqlite3 "$STATE/db/nova.sqlite" "select count(*) from compute_nodes where deleted = 0" 2>/dev/null || echo 0)" -gt 0 ]; then
+    if [ "$(echo "select count(*) from compute_nodes where deleted = 0" | sql nova 2>/dev/null || echo 0)" -gt 0 ]; then
       ok=1; break
     fi
     ours nova-compute || fail_with nova-compute "nova-compute exited"
@@ -638,7 +636,7 @@ api_base_uri = http://127.0.0.1:$OCTAVIA_PORT
 enabled_provider_drivers = amphora:Amphora provider with noop drivers (bomarun test stack)
 default_provider_driver = amphora
 [database]
-connection = $(sqlite_url octavia)
+connection = $(db_url octavia)
 [controller_worker]
 workers = 1
 amphora_driver = amphora_noop_driver
@@ -681,10 +679,7 @@ $(authtoken service_auth octavia "$OCTAVIA_PASSWORD")
 EOF
 }
 db_octavia() {
-  # Octavia's migrations fail on sqlite: schema from its models, lookup
-  # tables seeded as its functional tests do.
-  manage octavia-schema "$PY" "$HELPER" schema octavia "$STATE/etc/octavia/octavia.conf"
-  "$PY" "$HELPER" wal "$STATE/db/octavia.sqlite"
+  manage octavia-db-manage octavia-db-manage --config-file "$STATE/etc/octavia/octavia.conf" upgrade head
 }
 up_octavia() {
   spawn octavia-api octavia-api --config-file "$STATE/etc/octavia/octavia.conf"
@@ -707,14 +702,13 @@ if has magnum; then . "$OS_HERE/lib/magnum.sh"; fi
 L=(${LAYERS//,/ })
 for l in "${L[@]}"; do "cfg_$l"; done
 log "configs written to $STATE/etc (+$(elapsed "$T_ALL") s)"
-# Databases in the background while Keystone comes up; RabbitMQ boots too.
-for l in "${L[@]}"; do [ "$l" = keystone ] || bg "$l" "db_$l"; done
+# RabbitMQ boots while the database comes up (restored from the cache, or
+# built and migrated: lib/mariadb.sh).
 has rabbit && up_rabbit
-db_keystone
+up_db
+mark database
 up_keystone
 ready_keystone
-wait_bg
-log "databases ready (+$(elapsed "$T_ALL") s)"
 has rabbit && ready_rabbit
 for l in "${L[@]}"; do case "$l" in keystone|rabbit) ;; *) "up_$l" ;; esac; done
 for l in "${L[@]}"; do case "$l" in keystone|rabbit) ;; *) "ready_$l" ;; esac; done
@@ -724,6 +718,7 @@ date -u +%FT%TZ >"$STATE/run/started"
 total=$(elapsed "$T_ALL")
 {
   echo "START_SECONDS=$total"
+  echo "READY_AT_DATABASE=${T_LAYER[database]:-0}"
   for l in "${L[@]}"; do echo "READY_AT_${l^^}=${T_LAYER[$l]:-0}"; done
 } >"$STATE/run/timing.env"
 log "stack up in $total s (layers: $LAYERS); state in $STATE"

@@ -20,7 +20,11 @@ for f in "$STATE"/run/*.pid; do
 done
 live=0
 for n in $names; do ours "$n" && live=$((live + 1)); done
-stop_groups $names
+# The database last: services going down must not lose it mid-request.
+svc=""; db=""
+for n in $names; do if [ "$n" = mariadb ]; then db=$n; else svc="$svc $n"; fi; done
+stop_groups $svc
+[ -z "$db" ] || stop_groups $db
 for n in $names; do rm -f "$STATE/run/$n.pid" "$STATE/run/$n.start"; done
 rm -f "$STATE/run/order" "$STATE/run/started" "$STATE/run/layers"
 log "stopped $live process groups from $STATE"

@@ -33,7 +33,7 @@ workers = 1
 [paste_deploy]
 api_paste_config = $hetc/api-paste.ini
 [database]
-connection = $(sqlite_url heat)
+connection = $(db_url heat)
 [oslo_concurrency]
 lock_path = $STATE/data/heat/locks
 [oslo_messaging_notifications]
@@ -68,7 +68,7 @@ api_paste_config = $metc/api-paste.ini
 [conductor]
 workers = 1
 [database]
-connection = $(sqlite_url magnum)
+connection = $(db_url magnum)
 [certificates]
 cert_manager_type = x509keypair
 [trust]
@@ -112,11 +112,7 @@ EOF2
 db_magnum() {
   manage heat-manage "$PY" "$OS_HERE/lib/run-entry.py" heat-manage heat.cmd.manage:main \
     --config-file "$STATE/etc/heat/heat.conf" db_sync
-  # Magnum's migrations fail on sqlite: schema from its models, then stamp.
-  manage magnum-schema "$PY" "$HELPER" schema magnum "$STATE/etc/magnum/magnum.conf"
-  manage magnum-schema "$PY" "$OS_HERE/lib/run-entry.py" magnum-db-manage magnum.cmd.db_manage:main \
-    --config-file "$STATE/etc/magnum/magnum.conf" stamp head
-  "$PY" "$HELPER" wal "$STATE/db/heat.sqlite" "$STATE/db/magnum.sqlite"
+  manage magnum-db-manage magnum-db-manage --config-file "$STATE/etc/magnum/magnum.conf" upgrade
 }
 
 up_magnum() {

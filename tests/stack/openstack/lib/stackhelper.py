@@ -9,9 +9,6 @@ are Debian packages in /usr/lib/python3/dist-packages.
     stackhelper.py port-open PORT                 exit 0 if 127.0.0.1:PORT accepts
     stackhelper.py wait-http URL SECONDS [PID]    until URL answers any HTTP status
                                                   (exits early if PID is gone)
-    stackhelper.py wal DB...                      PRAGMA journal_mode=WAL on each
-    stackhelper.py schema SERVICE CONF            build SERVICE's sqlite schema from
-                                                  its models (neutron, octavia, magnum)
     stackhelper.py keystone-setup STATE_DIR       domains, projects, users, roles,
                                                   service users, catalog, appcred,
                                                   clouds.yaml, *-openrc
@@ -20,7 +17,6 @@ are Debian packages in /usr/lib/python3/dist-packages.
 import json
 import os
 import socket
-import sqlite3
 import sys
 import time
 import urllib.error
@@ -89,107 +85,6 @@ def cmd_wait_http(args):
             last = str(e)
         time.sleep(0.2)
     die("%s: not answering after %ss (%s)" % (url, seconds, last))
-
-
-def cmd_wal(args):
-    for db in args:
-        c = sqlite3.connect(db)
-        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        c.close()
-        if mode.lower() != "wal":
-            die("%s: journal_mode is %s, not wal" % (db, mode))
-
-
-# --- schema from models ----------------------------------------------------
-
-def _conf_connection(conf, section="database"):
-    import configparser
-    cp = configparser.ConfigParser(interpolation=None)
-    cp.read(conf)
-    return cp.get(section, "connection")
-
-
-def cmd_schema(args):
-    service, conf = args[0], args[1]
-    import sqlalchemy
-    url = _conf_connection(conf)
-    engine = sqlalchemy.create_engine(url)
-    if service == "neutron":
-        # Neutron's alembic migrations fail on sqlite: build from models,
-        # as neutron's own unit tests do, then stamp the heads.
-        from neutron.db.migration.models import head
-        head.get_metadata().create_all(engine)
-        _alembic_stamp_neutron(conf)
-    elif service == "octavia":
-        # Octavia's migrations fail on sqlite too: build from the models
-        # and seed the lookup tables the way its functional tests do.
-        _octavia_schema(engine)
-    elif service == "magnum":
-        from magnum.db.sqlalchemy import models
-        models.Base.metadata.create_all(engine)
-    else:
-        die("schema: unknown service %s" % service)
-    engine.dispose()
-
-
-def _alembic_stamp_neutron(conf):
-    # Record the heads so neutron-db-manage and status checks agree that the
-    # schema is current.  Failure here is not fatal for the server.
-    try:
-        from neutron.db.migration import cli
-        sys.argv = ["neutron-db-manage", "--config-file", conf, "stamp", "heads"]
-        cli.main()
-    except SystemExit as e:
-        if e.code not in (0, None):
-            sys.stderr.write("stackhelper: neutron stamp heads exited %s\n" % e.code)
-
-
-def _octavia_schema(engine):
-    from sqlalchemy import orm
-    from octavia.common import constants
-    from octavia.db import base_models
-    from octavia.db import models
-    base_models.BASE.metadata.create_all(engine)
-    session = orm.sessionmaker(bind=engine)()
-    lookups = [
-        (constants.SUPPORTED_PROVISIONING_STATUSES, models.ProvisioningStatus),
-        (constants.SUPPORTED_HEALTH_MONITOR_TYPES, models.HealthMonitorType),
-        (constants.SUPPORTED_LB_ALGORITHMS, models.Algorithm),
-        (constants.SUPPORTED_PROTOCOLS, models.Protocol),
-        (constants.SUPPORTED_OPERATING_STATUSES, models.OperatingStatus),
-        (constants.SUPPORTED_SP_TYPES, models.SessionPersistenceType),
-        (constants.SUPPORTED_AMPHORA_ROLES, models.AmphoraRoles),
-        (constants.SUPPORTED_LB_TOPOLOGIES, models.LBTopology),
-        (constants.SUPPORTED_VRRP_AUTH, models.VRRPAuthMethod),
-        (constants.SUPPORTED_L7RULE_TYPES, models.L7RuleType),
-        (constants.SUPPORTED_L7RULE_COMPARE_TYPES, models.L7RuleCompareType),
-        (constants.SUPPORTED_L7POLICY_ACTIONS, models.L7PolicyAction),
-        (constants.SUPPORTED_CLIENT_AUTH_MODES, models.ClientAuthenticationMode),
-    ]
-    for names, cls in lookups:
-        for name in names:
-            session.add(cls(name=name))
-    session.flush()
-    # The id=NIL_UUID "DELETED" placeholders the API expects.
-    session.add(models.FlavorProfile(
-        id=constants.NIL_UUID, name="DELETED-PLACEHOLDER",
-        provider_name=constants.DELETED, flavor_data="{}"))
-    session.flush()
-    session.add(models.Flavor(
-        id=constants.NIL_UUID, flavor_profile_id=constants.NIL_UUID,
-        name="DELETED-PLACEHOLDER", enabled=False,
-        description="Placeholder for DELETED LBs with DELETED flavors"))
-    session.flush()
-    session.add(models.AvailabilityZoneProfile(
-        id=constants.NIL_UUID, name="DELETED-PLACEHOLDER",
-        provider_name=constants.DELETED, availability_zone_data="{}"))
-    session.flush()
-    session.add(models.AvailabilityZone(
-        availability_zone_profile_id=constants.NIL_UUID,
-        name=constants.NIL_UUID, enabled=False,
-        description="Placeholder for DELETED LBs with DELETED availability zones"))
-    session.commit()
-    session.close()
 
 
 # --- keystone --------------------------------------------------------------
@@ -456,8 +351,6 @@ COMMANDS = {
     "free-port": cmd_free_port,
     "port-open": cmd_port_open,
     "wait-http": cmd_wait_http,
-    "wal": cmd_wal,
-    "schema": cmd_schema,
     "keystone-setup": cmd_keystone_setup,
     "compute-setup": cmd_compute_setup,
 }
