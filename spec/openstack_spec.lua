@@ -34,18 +34,6 @@ local function bomarun_e(code, env)
   return assert(proc.run{argv = {BIN, "-e", code}, env = env, timeout = 120})
 end
 
--- The local cloud keeps its state in sqlite; under concurrent writers a
--- Nova mutation can fail with "database is locked" (a 500).  bomarun never
--- retries mutations by itself; this test decides to, for that one reason.
-local function retry_locked(fn)
-  for _ = 1, 5 do
-    local r, err, code = fn()
-    if r or not tostring(err):find("database is locked", 1, true) then return r, err, code end
-    task.sleep(1)
-  end
-  return fn()
-end
-
 local function catalog_has(h, service_type)
   return h:endpoint(service_type) ~= nil
 end
@@ -330,6 +318,48 @@ describe("openstack against the local cloud", function()
       end, 10, "the delayed POST to reach Glance")
       admin.image:delete(made.id)
     end)
+
+    it("gives every concurrency unit back when 100 requests are cancelled mid-flight", function()
+      local c = assert(openstack.connect{cloud = "bomarun-admin", clouds_file = CLOUDS,
+                                         endpoints = {image = proxy_url}, retries = 0})
+      local cap = c.conn:cap("image")
+      local units = cap:counts()
+      control("delay?seconds=5")
+      local reqs = {}
+      for k = 1, 100 do
+        reqs[k] = task.spawn(function() return c:request("GET", "image", "/v2/images", {query = {limit = 1}}) end)
+      end
+      util.wait_for(function() return counters().requests >= units end, 10, "the first requests to reach the proxy")
+      local free, waiting = cap:counts()
+      assert.equal(0, free)
+      assert.equal(100 - units, waiting)
+      for k = 1, 100 do reqs[k]:cancel() end
+      for k = 1, 100 do assert.is_false((reqs[k]:wait())) end
+      assert.same({units, 0}, {cap:counts()})
+      control("pass")
+      local _, status = task.timeout(20, function() return c:request("GET", "image", "/v2/images", {query = {limit = 1}}) end)
+      assert.equal(200, status)
+    end)
+  end)
+
+  describe("authentication cancelled half-way", function()
+    it("leaves no flag behind: the tasks that waited on it, and later requests, authenticate", function()
+      local c = assert(openstack.connect{cloud = "bomarun-admin", clouds_file = CLOUDS})
+      c.token = nil                       -- the next request re-issues it
+      local first = task.spawn(function() return c:request("GET", "image", "/v2/images", {query = {limit = 1}}) end)
+      task.yield()                        -- first is now waiting on Keystone
+      assert.is_not_nil(c.reauth_in_flight)
+      local second = task.spawn(function() return c:request("GET", "image", "/v2/images", {query = {limit = 1}}) end)
+      task.yield()                        -- second waits on first's authentication
+      first:cancel()
+      assert.is_false((first:wait()))
+      local ok, _, status = task.timeout(20, function() return second:wait() end)
+      assert.is_true(ok)
+      assert.equal(200, status)
+      assert.is_nil(c.reauth_in_flight)
+      local _, status2 = task.timeout(20, function() return c:request("GET", "image", "/v2/images", {query = {limit = 1}}) end)
+      assert.equal(200, status2)
+    end)
   end)
 
   describe("compute", function()
@@ -349,17 +379,17 @@ describe("openstack against the local cloud", function()
                                                       flavorRef = flavor.id, networks = "none"})
       finally(function() admin.compute.servers:delete(srv.id) end)
       assert.equal("ACTIVE", admin.compute.servers:wait(srv.id, {timeout = 120, interval = 0.3}))
-      assert(retry_locked(function() return admin.compute:stop(srv.id) end))
+      assert(admin.compute:stop(srv.id))
       assert.equal("SHUTOFF", admin.compute.servers:wait(srv.id, {ok = {"SHUTOFF"}, timeout = 60, interval = 0.3}))
-      assert(retry_locked(function() return admin.compute:start(srv.id) end))
+      assert(admin.compute:start(srv.id))
       assert.equal("ACTIVE", admin.compute.servers:wait(srv.id, {timeout = 60, interval = 0.3}))
-      assert(retry_locked(function() return admin.compute:reboot(srv.id) end))
+      assert(admin.compute:reboot(srv.id))
       assert.equal("ACTIVE", admin.compute.servers:wait(srv.id, {timeout = 60, interval = 0.3}))
       local all = assert(admin.compute:all_servers())
       local found = false
       for _, s in ipairs(all) do if s.id == srv.id then found = true end end
       assert.is_true(found)
-      assert(retry_locked(function() return admin.compute.servers:delete(srv.id) end))
+      assert(admin.compute.servers:delete(srv.id))
       assert.equal("DELETED", admin.compute.servers:wait_deleted(srv.id, {timeout = 60, interval = 0.3}))
     end)
   end)

@@ -206,6 +206,62 @@ describe("task", function()
     assert.same({1, 2, 3, 4, 5, 6}, order)
   end)
 
+  describe("a semaphore under cancellation", function()
+    it("forgets a waiter that was cancelled in the queue", function()
+      local sem = task.semaphore(1)
+      assert(sem:acquire())
+      local waiters = {}
+      for k = 1, 5 do waiters[k] = task.spawn(function() return sem:acquire() end) end
+      task.yield()
+      assert.same({0, 5}, {sem:counts()})
+      for k = 1, 5 do waiters[k]:cancel() end
+      for k = 1, 5 do assert.is_false((waiters[k]:wait())) end
+      assert.same({0, 0}, {sem:counts()})
+      sem:release()
+      assert.same({1, 0}, {sem:counts()})
+    end)
+
+    it("gets back a unit handed to a waiter that was cancelled before it ran", function()
+      local sem = task.semaphore(1)
+      assert(sem:acquire())
+      local w = task.spawn(function() sem:with(task.sleep, 10) end)
+      task.yield()
+      sem:release()          -- handed to w, which has not run yet
+      w:cancel()
+      assert.is_false((w:wait()))
+      assert.same({1, 0}, {sem:counts()})
+      assert.is_true(sem:acquire(0.01))
+    end)
+
+    it("a timed-out acquire leaves the queue and holds nothing", function()
+      local sem = task.semaphore(1)
+      assert(sem:acquire())
+      local ok, _, code = sem:acquire(0.01)
+      assert.is_nil(ok)
+      assert.equal("TIMEOUT", code)
+      assert.same({0, 0}, {sem:counts()})
+    end)
+
+    it("gives a held unit back when the holder errs or is cancelled (with, hold and <close>)", function()
+      local sem = task.semaphore(2)
+      assert.has_error(function() sem:with(function() error("boom") end) end)
+      assert.same({2, 0}, {sem:counts()})
+      local t = task.spawn(function()
+        local _ <close> = sem:hold()
+        task.sleep(10)
+      end)
+      local u = task.spawn(function() sem:with(task.sleep, 10) end)
+      task.yield()
+      assert.same({0, 0}, {sem:counts()})
+      t:cancel() u:cancel()
+      t:wait() u:wait()
+      assert.same({2, 0}, {sem:counts()})
+      local h = sem:hold()
+      h:release() h:release()   -- once only
+      assert.same({2, 0}, {sem:counts()})
+    end)
+  end)
+
   it("keeps task-local context visible to children", function()
     task.current():locals().probe = "here"
     local seen = task.spawn(function() return task.context("probe") end)

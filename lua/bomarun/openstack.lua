@@ -289,17 +289,28 @@ local function authenticate(h)
 end
 
 -- Re-issue the token if it expires within 60 s.
+-- One task authenticates; the others wait for its outcome.  If that task
+-- is cancelled (or raises) half-way, the flag is cleared and its waiters
+-- are woken to try again themselves: nobody waits on an event nobody sets.
 local function ensure_token(h)
-  if h.token and h.expires_at - os.time() > 60 then return true end
-  if h.reauth_in_flight then   -- another task is already re-issuing it
-    local _, ok, err, code = h.reauth_in_flight:wait()
-    if not ok then return nil, err, code end
-    return true
+  while true do
+    if h.token and h.expires_at - os.time() > 60 then return true end
+    local pending = h.reauth_in_flight
+    if not pending then break end
+    local _, ok, err, code = pending:wait()
+    if code ~= "RETRY" then
+      if not ok then return nil, err, code end
+      return true
+    end
   end
   local ev = task.event()
   h.reauth_in_flight = ev
-  local ok, err, code = authenticate(h)
+  local pok, ok, err, code = pcall(authenticate, h)
   h.reauth_in_flight = nil
+  if not pok then
+    ev:set(nil, "the authenticating task ended half-way", "RETRY")
+    error(ok, 0)
+  end
   ev:set(ok, err, code)
   return ok, err, code
 end
@@ -389,12 +400,12 @@ function Handle:request(method, service_type, path, opts)
       headers["Content-Type"] = opts.content_type
     end
     if opts.body_file then headers["Content-Type"] = headers["Content-Type"] or "application/octet-stream" end
-    cap:acquire()
-    local r, err, code = http.request{method = method, url = url, headers = headers, body = body,
+    -- The unit goes back however the request ends (a cancelled poll
+    -- attempt or step timeout included).
+    local r, err, code = cap:with(http.request, {method = method, url = url, headers = headers, body = body,
                                       body_file = opts.body_file, output_file = opts.output_file,
                                       timeout = opts.timeout or conn.timeout, cainfo = conn.cacert,
-                                      insecure = conn.insecure}
-    cap:release()
+                                      insecure = conn.insecure})
     local transient
     if not r then
       transient = true

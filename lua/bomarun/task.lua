@@ -67,7 +67,9 @@ end
 local Semaphore = {}
 Semaphore.__index = Semaphore
 
---- Take one unit, waiting (in arrival order) while none is free.
+--- Take one unit, waiting (in arrival order) while none is free.  A wait
+--- that times out or is cancelled leaves the queue, and a unit handed to it
+--- in the meantime goes back: a cancelled acquire holds nothing.
 ---@param timeout? number
 ---@return boolean|nil ok, string|nil err, string|nil code
 function Semaphore:acquire(timeout)
@@ -77,14 +79,14 @@ function Semaphore:acquire(timeout)
   end
   local ev = sched.event()
   self.queue[#self.queue + 1] = ev
-  local ok, err, code = ev:wait(timeout)
-  if not ok then
-    for k, e in ipairs(self.queue) do
-      if e == ev then table.remove(self.queue, k) break end
-    end
-    return nil, err, code
+  local pok, ok, err, code = pcall(ev.wait, ev, timeout)
+  if pok and ok then return true end
+  for k, e in ipairs(self.queue) do
+    if e == ev then table.remove(self.queue, k) break end
   end
-  return true
+  if ev:is_set() then self:release() end   -- handed over, then cancelled
+  if not pok then error(ok, 0) end
+  return nil, err, code
 end
 
 --- Give one unit back (to the longest waiter, if any).
@@ -93,13 +95,42 @@ function Semaphore:release()
   if ev then ev:set() else self.free = self.free + 1 end
 end
 
+local Hold = {__name = "bomarun.semaphore_hold"}
+Hold.__index = Hold
+--- Give the unit back (once; later calls do nothing).
+function Hold:release()
+  if self.sem then
+    local sem = self.sem
+    self.sem = nil
+    sem:release()
+  end
+end
+Hold.__close = Hold.release
+
+--- Take one unit and return a hold that gives it back when released or
+--- closed: `local _ <close> = sem:hold()` frees the unit however the block
+--- ends (return, error, cancellation).  Raises if the unit cannot be taken
+--- (a timeout, or the task was cancelled while waiting).
+---@param timeout? number
+---@return table hold  with :release(); a to-be-closed value
+function Semaphore:hold(timeout)
+  local ok, err = self:acquire(timeout)
+  if not ok then error("semaphore: " .. tostring(err), 2) end
+  return setmetatable({sem = self}, Hold)
+end
+
 --- Run fn(...) holding one unit; released however fn ends.
+---@param fn function
+---@return any
 function Semaphore:with(fn, ...)
-  assert(self:acquire())
-  local r = table.pack(pcall(fn, ...))
-  self:release()
-  if not r[1] then error(r[2], 0) end
-  return table.unpack(r, 2, r.n)
+  local _ <close> = self:hold()
+  return fn(...)
+end
+
+--- Units free now, and tasks waiting for one.
+---@return integer free, integer waiting
+function Semaphore:counts()
+  return self.free, #self.queue
 end
 
 --- A counting semaphore with n units.
