@@ -1,5 +1,5 @@
 /* main: the bomarun host.  Sets up Lua and the loop, then runs the CLI
- * (lua/bomarun/cli.lua) as the main task; everything else is Lua. */
+ * (lua/engine/bomarun/cli.lua) as the main task; everything else is Lua. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +41,7 @@ static void find_lua_dir(char *out, size_t n)
     }
     if (uv_exepath(exe, &len) == 0 && (slash = strrchr(exe, '/'))) {
         *slash = '\0';
-        snprintf(probe, sizeof probe, "%s/../%s/lua/bomarun/cli.lua", exe,
+        snprintf(probe, sizeof probe, "%s/../%s/lua/engine/bomarun/cli.lua", exe,
                  BOMARUN_SHARE_REL);
         if (file_exists(probe)) {
             snprintf(probe, sizeof probe, "%s/../%s/lua", exe,
@@ -62,12 +62,17 @@ static void preload(lua_State *L, const char *name, lua_CFunction f)
     lua_pop(L, 2);
 }
 
+/* The library's three layers (docs/architecture.md), each a tree of
+ * bomarun.* modules: require names do not say the layer. */
 static void set_paths(lua_State *L, const char *dir)
 {
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir,
-                    lua_tostring(L, -1));
+    lua_pushfstring(L,
+                    "%s/core/?.lua;%s/core/?/init.lua;"
+                    "%s/integrations/?.lua;%s/integrations/?/init.lua;"
+                    "%s/engine/?.lua;%s/engine/?/init.lua;%s",
+                    dir, dir, dir, dir, dir, dir, lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

@@ -8,13 +8,13 @@ prefix=$(mktemp -d)
 trap 'rm -rf "$prefix"' EXIT
 cmake --install "$build" --prefix "$prefix" >/dev/null
 share=$(echo "$prefix"/share/bomarun/*)
-for d in lua/bomarun runbooks profiles examples; do
+for d in lua/core/bomarun lua/integrations/bomarun lua/engine/bomarun runbooks profiles examples; do
   [ -d "$share/$d" ] || { echo "not installed: $share/$d"; exit 1; }
 done
 # Hide the source tree: the installed copy must be self-sufficient.
 where=$(cd /tmp && "$prefix/bin/bomarun" -e 'print(package.searchpath("bomarun.runner", package.path))')
 case "$where" in
-  "$share"/lua/bomarun/runner.lua) ;;
+  "$share"/lua/engine/bomarun/runner/init.lua) ;;
   *) echo "installed binary loaded its library from $where"; exit 1 ;;
 esac
 cd "$prefix"

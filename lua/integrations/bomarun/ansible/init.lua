@@ -12,7 +12,7 @@
 --- ansible-playbook runs through bomarun.proc, in its own process group
 --- (killed whole on timeout or cancel).  The results come from Ansible
 --- itself: a callback plugin shipped next to this file
---- (ansible_plugins/callback/bomarun.py) appends one JSON object per task
+--- (plugins/callback/bomarun.py) appends one JSON object per task
 --- result to an events file in a private temporary directory, which this
 --- module tails while the process runs.  The raw stdout is never parsed.
 local host = require "bomarun._host"
@@ -21,6 +21,7 @@ local log = require "bomarun.log"
 local proc = require "bomarun.proc"
 local secret = require "bomarun.secret"
 local task = require "bomarun.task"
+local step_ctx = require "bomarun.step"
 
 local M = {}
 
@@ -29,7 +30,7 @@ local M = {}
 local function plugin_dir()
   local src = debug.getinfo(1, "S").source
   local dir = src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/[^/]*$") or "."
-  dir = dir .. "/ansible_plugins/callback"
+  dir = dir .. "/plugins/callback"
   return host.realpath(dir) or dir
 end
 local PLUGIN_DIR = plugin_dir()
@@ -694,11 +695,17 @@ end
 --- (and, after ansible.idempotent, no change on the second pass).  Takes the
 --- values a run returns, so `ansible.gate(s, ansible.playbook{...})` works;
 --- a timeout fails the gate with its message.  Returns res.
----@param s bomarun.StepContext
+--- The step may be left out (`ansible.gate(res, err)`): the current step is
+--- used then.
+---@param s bomarun.StepLike|bomarun.AnsibleResult|nil  the step (optional)
 ---@param res bomarun.AnsibleResult|nil
 ---@param err? string
 ---@return bomarun.AnsibleResult|nil
 function M.gate(s, res, err)
+  if not (type(s) == "table" and type(s.gate) == "function") then
+    s, res, err = step_ctx.current(), s, res
+    if not s then error("ansible.gate: not in a runbook step (pass the step: ansible.gate(s, res))", 2) end
+  end
   -- Level 2: the gate records the runbook's line, not this one.
   if res == nil then return s:gate(false, err or "ansible: no result", 2) end
   local r = s:gate(res.ok and res, M.describe(res), 2)
@@ -1040,7 +1047,7 @@ local function run(kind, opts)
   if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
     error("ansible: timeout must be a positive number of seconds", 2)
   end
-  local step = require("bomarun.runner").current_step()
+  local step = step_ctx.current()
   local name = default_name(opts, kind)
   local prefix = opts.prefix or ("[" .. name .. "]")
   local sink = log.sink()
@@ -1241,7 +1248,7 @@ function M.idempotent(opts)
   second.idempotent = #second.changed_tasks == 0 and second.totals.changed == 0
   second.ok = second.ok and second.idempotent
   second.msg = M.describe(second)
-  local step = require("bomarun.runner").current_step()
+  local step = step_ctx.current()
   if step then
     local changed = {}
     for _, ev in ipairs(second.changed_tasks) do changed[#changed + 1] = {task = ev.task, host = ev.host} end

@@ -741,6 +741,6 @@ local function service(defs, extra)
   end
 end
 
-require("bomarun.openstack_resources")(M, service, collection)
+require("bomarun.openstack.resources")(M, service, collection)
 
 return M

@@ -32,6 +32,7 @@
 local json = require "bomarun.json"
 local log = require "bomarun.log"
 local task = require "bomarun.task"
+local step_ctx = require "bomarun.step"
 
 local M = {}
 
@@ -822,7 +823,7 @@ function Graph:run(opts)
   if not task.current() then fail("g:run must be called from a task (a runbook body or a script)", 2) end
   checked(self, 2)
 
-  local step = require("bomarun.runner").current_step()
+  local step = step_ctx.current()
   local say = opts.quiet and log.to_step or log.info
   local S = new_state(self, concurrency)
   S.done_queue = {}

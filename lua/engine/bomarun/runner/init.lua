@@ -10,6 +10,7 @@ local profile = require "bomarun.profile"
 local report = require "bomarun.report"
 local secret = require "bomarun.secret"
 local task = require "bomarun.task"
+local step_ctx = require "bomarun.step"
 
 local M = {}
 
@@ -175,7 +176,7 @@ end
 --- The step context of the running task (nil outside a runbook step).
 ---@return bomarun.StepContext|nil
 function M.current_step()
-  return task.context("step")
+  return step_ctx.current()
 end
 
 --- Write an artifact file into the run directory; returns its path.
@@ -466,7 +467,7 @@ local function run_body(run, node, kind, bar)
   local body = function()
     local me = task.current()
     me:locals().log_sink = sink
-    me:locals().step = ctx
+    step_ctx.bind(me, ctx)
     return node.body(ctx)
   end
   local t = task.spawn_named(kind .. " " .. id, function()
