@@ -163,6 +163,41 @@ describe("poll", function()
     assert.same({"connection refused", "DOWN", "UP"}, seen)
   end)
 
+  it("keeps a callee's own TIMEOUT apart from the poll's deadline, with the callee's message", function()
+    local seen = {}
+    local v, err, code = poll.run{function()
+        return nil, "openstack: GET http://127.0.0.1:1/x: Operation timed out after 60000 ms", "TIMEOUT"
+      end, ok = {"UP"}, timeout = 0.2, interval = 0.05, what = "status",
+      on_attempt = function(info) seen[#seen + 1] = info.err end}
+    assert.is_nil(v)
+    assert.equal("TIMEOUT", code)
+    assert.matches("Operation timed out after 60000 ms (TIMEOUT)", seen[1], 1, true)
+    assert.is_nil(seen[1]:find("did not finish before the poll's deadline", 1, true))
+    assert.matches("last: no value: openstack: GET", err, 1, true)
+  end)
+
+  it("journals the callee's message for s:poll in a runbook", function()
+    local util = require "support.util"
+    local d = util.tmpdir(finally)
+    util.write(d .. "/rb.lua", [[
+      local runbook = require "bomarun.runbook"
+      return runbook{id = "polltimeout", title = "t",
+        runbook.step{"1", "poll", function(s)
+          s:poll{function() return nil, "http: GET http://127.0.0.1:1/: Operation timed out after 5 ms", "TIMEOUT" end,
+                 ok = {"UP"}, timeout = 0.3, interval = 0.1, what = "svc"}
+        end}}
+    ]])
+    local bin = os.getenv("BOMARUN_BIN") or "build/bomarun"
+    local r = assert(require("bomarun.proc").run{argv = {bin, d .. "/rb.lua", "--run-dir", d .. "/runs"}, timeout = 30})
+    assert.equal(1, r.code)
+    local ls = assert(require("bomarun.proc").run{shell = "cat " .. d .. "/runs/*/events.jsonl"})
+    local found
+    for line in ls.stdout:gmatch("[^\n]+") do
+      if line:find('"type":"poll"', 1, true) and line:find("Operation timed out after 5 ms", 1, true) then found = line end
+    end
+    assert(found, "no poll event with the callee's message in:\n" .. ls.stdout)
+  end)
+
   it("bounds an attempt that hangs by the poll's deadline", function()
     local t0 = task.now()
     local v, _, code = poll.run{function() task.sleep(60) return "never" end, ok = {"x"}, timeout = 0.2}

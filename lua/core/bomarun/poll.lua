@@ -60,12 +60,15 @@ function M.run(spec)
   while true do
     attempt = attempt + 1
     local left = math.max(deadline - task.now(), 0.001)
-    local r = table.pack(task.timeout(left, fn))
+    -- task.deadline: the poll's own bound is "DEADLINE"; a callee's
+    -- nil, msg, "TIMEOUT" is its own failure and its message is kept.
+    local r = table.pack(task.deadline(left, fn))
     local v, err
-    if r[1] == nil and r[3] == "TIMEOUT" and r.n >= 3 then
+    if r[1] == nil and r[3] == "DEADLINE" and r.n == 3 then
       v, err = nil, "attempt " .. attempt .. " did not finish before the poll's deadline"
     else
       v, err = r[1], r[2]
+      if v == nil and r[3] ~= nil then err = string.format("%s (%s)", tostring(err), tostring(r[3])) end
     end
     last, last_err = v, (v == nil) and err or nil
     local elapsed = task.now() - start

@@ -176,8 +176,37 @@ local function describe(err)
 end
 
 --- Run fn(...) bounded by `seconds`.  Returns fn's results, or
+--- nil, message, "DEADLINE" when this bound ran out (fn's task is cancelled:
+--- its subprocesses are killed, its waits end).  A callee's own
+--- nil, message, "TIMEOUT" (a request that timed out, say) comes back as it
+--- is, so the two are never confused.  Errors in fn propagate.
+---@param seconds number
+---@param fn function
+---@return any
+function M.deadline(seconds, fn, ...)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("task.deadline: seconds must be a number >= 0", 2)
+  end
+  local child = sched.spawn_named("deadline", fn, ...)
+  child:set_deadline(seconds)
+  local r = table.pack(child:wait(seconds))
+  if r[1] == nil and r[3] == "TIMEOUT" then   -- the wait's own bound
+    child:cancel(string.format("timed out after %g s", seconds), "TIMEOUT")
+    return nil, string.format("timed out after %g s", seconds), "DEADLINE"
+  end
+  if r[1] == false then
+    if sched.cancel_code(r[2]) == "TIMEOUT" then   -- the child's deadline
+      return nil, string.format("timed out after %g s: %s", seconds, describe(r[2])), "DEADLINE"
+    end
+    error(r[2], 0)
+  end
+  return table.unpack(r, 2, r.n)
+end
+
+--- Run fn(...) bounded by `seconds`.  Returns fn's results, or
 --- nil, message, "TIMEOUT" when the time ran out (fn's task is cancelled:
 --- its subprocesses are killed, its waits end).  Errors in fn propagate.
+--- A callee of fn may return "TIMEOUT" too; task.deadline tells the two apart.
 ---@param seconds number
 ---@param fn function
 ---@return any
@@ -185,20 +214,9 @@ function M.timeout(seconds, fn, ...)
   if type(seconds) ~= "number" or seconds < 0 then
     error("task.timeout: seconds must be a number >= 0", 2)
   end
-  local child = sched.spawn_named("timeout", fn, ...)
-  child:set_deadline(seconds)
-  local r = table.pack(child:wait(seconds))
-  if r[1] == nil and r[3] == "TIMEOUT" then
-    child:cancel(string.format("timed out after %g s", seconds), "TIMEOUT")
-    return nil, string.format("timed out after %g s", seconds), "TIMEOUT"
-  end
-  if r[1] == false then
-    if sched.cancel_code(r[2]) == "TIMEOUT" then
-      return nil, string.format("timed out after %g s: %s", seconds, describe(r[2])), "TIMEOUT"
-    end
-    error(r[2], 0)
-  end
-  return table.unpack(r, 2, r.n)
+  local r = table.pack(M.deadline(seconds, fn, ...))
+  if r[1] == nil and r[3] == "DEADLINE" and r.n == 3 then return nil, r[2], "TIMEOUT" end
+  return table.unpack(r, 1, r.n)
 end
 
 --- Run functions concurrently and return their first results, in order.

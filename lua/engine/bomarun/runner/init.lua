@@ -472,8 +472,8 @@ local function run_body(run, node, kind, bar)
   end
   local t = task.spawn_named(kind .. " " .. id, function()
     if node.timeout then
-      local r = table.pack(task.timeout(node.timeout, body))
-      if r[1] == nil and r[3] == "TIMEOUT" then
+      local r = table.pack(task.deadline(node.timeout, body))
+      if r[1] == nil and r[3] == "DEADLINE" and r.n == 3 then
         raise_failure("timeout", string.format("%s %s timed out after %g s", kind, id, node.timeout))
       end
       return table.unpack(r, 1, r.n)
