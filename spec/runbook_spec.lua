@@ -198,6 +198,49 @@ describe("poll", function()
     assert(found, "no poll event with the callee's message in:\n" .. ls.stdout)
   end)
 
+  it("cleanup handles: h:run() undoes now, h:done() discharges; neither runs again at the end", function()
+    local util = require "support.util"
+    local d = util.tmpdir(finally)
+    util.write(d .. "/rb.lua", [[
+      local runbook = require "bomarun.runbook"
+      local undone = {}
+      return runbook{id = "handles", title = "t",
+        runbook.step{"1", "resources", function(s)
+          local a = s:cleanup("remove A", function() undone[#undone + 1] = "A" end)
+          local b = s:cleanup("remove B", function() undone[#undone + 1] = "B" end)
+          s:cleanup("remove C", function() undone[#undone + 1] = "C" end)
+          local e = s:cleanup("remove E", function() error("E will not go") end)
+          assert(a:run())
+          local ok, err = a:run()
+          s:gate(ok == nil and err:find("already run", 1, true), "a second run is refused")
+          b:done()
+          local eok, eerr = e:run()
+          s:gate(eok == nil and eerr:find("E will not go", 1, true), "a failing early cleanup returns its error")
+        end},
+        runbook.step{"2", "fails", function(s)
+          s:gate(#undone == 1 and undone[1] == "A", "only A undone so far")
+          s:fail("on purpose")
+        end},
+        runbook.step{"3", "never", function(s) s:log("undone: %s", table.concat(undone, ",")) end}}
+    ]])
+    local bin = os.getenv("BOMARUN_BIN") or "build/bomarun"
+    local r = assert(require("bomarun.proc").run{argv = {bin, d .. "/rb.lua", "--run-dir", d .. "/runs"}, timeout = 30})
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("cleanup%s+remove C", r.stdout)
+    assert.is_nil(r.stdout:find("cleanup  remove A", 1, true))
+    assert.is_nil(r.stdout:find("cleanup  remove B", 1, true))
+    local ev = assert(require("bomarun.proc").run{shell = "cat " .. d .. "/runs/*/events.jsonl"}).stdout
+    local statuses = {}
+    for line in ev:gmatch("[^\n]+") do
+      local e = require("bomarun.json").decode(line)
+      if e.type == "cleanup_end" then statuses[e.index] = e.status end
+    end
+    assert.same({"DONE", "DISCHARGED", "DONE", "FAILED"}, statuses)
+    local summary = assert(require("bomarun.proc").run{shell = "cat " .. d .. "/runs/*/summary.txt"}).stdout
+    assert.is_nil(summary:find("remove B", 1, true))
+    assert.matches("FAILED%s+remove E", summary)
+  end)
+
   it("bounds an attempt that hangs by the poll's deadline", function()
     local t0 = task.now()
     local v, _, code = poll.run{function() task.sleep(60) return "never" end, ok = {"x"}, timeout = 0.2}

@@ -249,7 +249,7 @@ function M.summary_text(m)
   end
   local left = {}
   for _, c in ipairs(m.cleanups) do
-    if c.status ~= "DONE" then left[#left + 1] = c end
+    if c.status ~= "DONE" and c.status ~= "DISCHARGED" then left[#left + 1] = c end
   end
   if #left > 0 then
     add("")

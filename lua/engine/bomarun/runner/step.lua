@@ -1,0 +1,233 @@
+--- The step context: what a runbook body sees as `s` (or `i` for an acceptance
+--- item): gates, checks, captures, cleanups, polls, logs, artifacts.
+local host = require "bomarun._host"
+local log = require "bomarun.log"
+local poll = require "bomarun.poll"
+local secret = require "bomarun.secret"
+local task = require "bomarun.task"
+
+local M = {}
+
+-- Failures raised inside a body --------------------------------------------
+
+local FAILURE_MT = {__name = "bomarun.failure"}
+FAILURE_MT.__tostring = function(f) return f.message end
+local SKIP_MT = {__name = "bomarun.skip"}
+
+local function raise_failure(kind, message, level)
+  local info = debug.getinfo((level or 2) + 1, "Sl")
+  local where = info and info.currentline and info.currentline > 0 and (info.short_src .. ":" .. info.currentline) or nil
+  error(setmetatable({kind = kind, message = message, where = where}, FAILURE_MT), 0)
+end
+
+local function caller_where(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  if info and info.currentline and info.currentline > 0 then
+    return info.short_src .. ":" .. info.currentline
+  end
+end
+
+-- The step context: what a body sees as `s` (or `i` for an item) -----------
+
+---@class bomarun.StepContext
+---@field id string
+---@field title string
+---@field env table            profile constants
+---@field state table          values captured so far in this run (and resumed runs)
+---@field run {id: string, dir: string, profile: string|nil}
+local Step = {}
+Step.__index = Step
+
+---@class bomarun.CleanupHandle
+local CleanupHandle = {}
+CleanupHandle.__index = CleanupHandle
+
+local function msg_text(msg)
+  if msg == nil then return "(no message)" end
+  return tostring(msg)
+end
+
+--- Fail the runbook unless cond holds.  `level` says whose line to record:
+--- 1 (the default) the caller of gate; 2 its caller (for helpers that gate
+--- on a runbook's behalf, like ansible.gate).
+---@param cond any
+---@param msg string
+---@param level? integer
+function Step:gate(cond, msg, level)
+  local ok = cond and true or false
+  level = (level or 1) + 1
+  local where = caller_where(level)
+  self._run.journal:emit({type = "gate", step = self.id, ok = ok, message = msg_text(msg), where = where})
+  self:_line(string.format("gate %s: %s", ok and "ok" or "FAILED", msg_text(msg)))
+  if not ok then raise_failure("gate", "gate failed: " .. msg_text(msg), level) end
+  return cond
+end
+
+--- Record a failure unless cond holds, and carry on (`level` as for gate).
+---@param cond any
+---@param msg string
+---@param level? integer
+---@return boolean
+function Step:check(cond, msg, level)
+  local ok = cond and true or false
+  local where = caller_where((level or 1) + 1)
+  self._run.journal:emit({type = "check", step = self.id, ok = ok, message = msg_text(msg), where = where})
+  self:_line(string.format("check %s: %s", ok and "ok" or "FAILED", msg_text(msg)))
+  if not ok then self._failed_checks = self._failed_checks + 1 end
+  return ok
+end
+
+--- Fail this step (and the run) with a message.
+function Step:fail(msg)
+  raise_failure("fail", msg_text(msg), 2)
+end
+
+--- End this step as SKIPPED.
+function Step:skip(reason)
+  error(setmetatable({reason = reason}, SKIP_MT), 0)
+end
+
+--- An acceptance item: end as DEFERRED by a decision.
+function Step:defer(decision, reason)
+  error(setmetatable({status = "DEFERRED", deferred = {decision = decision, reason = reason}}, SKIP_MT), 0)
+end
+
+--- An acceptance item: end as OUTSTANDING.
+function Step:outstanding(reason)
+  error(setmetatable({status = "OUTSTANDING", outstanding = reason}, SKIP_MT), 0)
+end
+
+--- Write a line to this step's log (and to the console, indented).
+function Step:log(fmt, ...)
+  local line = select("#", ...) > 0 and string.format(fmt, ...) or tostring(fmt)
+  self:_line(line, true)
+end
+
+function Step:_line(line, console)
+  self._sink(line)
+  if console or self._run.verbose then log.console("      | " .. line) end
+end
+
+--- Keep a value for later steps (journaled, restored by --resume).
+function Step:capture(key, value)
+  self.state[key] = value
+  self._run.journal:emit({type = "capture", step = self.id, key = key, value = value})
+  self:_line("captured " .. key .. " = " .. poll.show(value))
+  return value
+end
+
+--- Register how to undo what this step created.  Cleanups run last-in-
+--- first-out if the run fails or is interrupted, unless --keep.  Returns a
+--- handle: h:run() undoes it now (journaled; its error, if any, is
+--- returned as nil, msg), h:done() discharges it when the runbook removed the
+--- resource itself.  Either way it is not run again at the end.
+---@param description string
+---@param fn fun()
+---@return bomarun.CleanupHandle
+function Step:cleanup(description, fn)
+  if type(fn) ~= "function" then error("cleanup: the second argument must be a function", 2) end
+  local run = self._run
+  local c = {index = #run.cleanups + 1, step = self.id, description = description, fn = fn}
+  run.cleanups[#run.cleanups + 1] = c
+  run.journal:emit({type = "cleanup_registered", index = c.index, step = self.id, description = description})
+  self:_line("cleanup registered: " .. description)
+  return setmetatable({_c = c, _step = self}, CleanupHandle)
+end
+
+--- Undo now: run the cleanup in this task, journal its outcome.
+---@return boolean|nil ok, string|nil err
+function CleanupHandle:run()
+  local c = self._c
+  if c.settled then return nil, "cleanup " .. c.index .. " (" .. c.description .. ") already " .. c.settled end
+  c.settled = "run"
+  local run = self._step._run
+  run.journal:emit({type = "cleanup_start", index = c.index, description = c.description})
+  local t0 = task.now()
+  local ok, v, err = pcall(c.fn)
+  local emsg = not ok and tostring(v) or (v == nil and err and tostring(err)) or nil
+  run.journal:emit({type = "cleanup_end", index = c.index, status = emsg and "FAILED" or "DONE",
+                    duration = task.now() - t0, error = emsg, early = true})
+  self._step:_line(string.format("cleanup %s now: %s", emsg and "FAILED" or "done", c.description))
+  if not ok and task.cancel_code(v) then error(v, 0) end   -- cancellation is not swallowed
+  if emsg then return nil, emsg end
+  return true
+end
+
+--- Discharge: the runbook removed the resource itself; nothing to undo.
+function CleanupHandle:done()
+  local c = self._c
+  if c.settled then return end
+  c.settled = "discharged"
+  self._step._run.journal:emit({type = "cleanup_end", index = c.index, status = "DISCHARGED", duration = 0})
+  self._step:_line("cleanup discharged: " .. c.description)
+end
+
+--- Poll until fn's value is in `ok`; fail the step at once on a value in
+--- `fail`, or at the timeout.  Returns the last value.
+---@param spec bomarun.PollSpec
+function Step:poll(spec)
+  local what = spec.what or "condition"
+  local last_shown
+  local run = self._run
+  local progress = poll.console_progress(what)
+  local copy = {}
+  for k, v in pairs(spec) do copy[k] = v end
+  copy.on_attempt = function(info)
+    local shown = info.value ~= nil and poll.show(info.value) or ("error: " .. tostring(info.err))
+    self._sink(string.format("poll %s: attempt %d, %.1fs, last=%s", what, info.attempt, info.elapsed, shown))
+    if shown ~= last_shown then
+      run.journal:emit({type = "poll", step = self.id, what = what, attempt = info.attempt,
+                        elapsed = info.elapsed, value = info.value, err = info.err})
+      last_shown = shown
+    end
+    progress(info)
+    if spec.on_attempt then spec.on_attempt(info) end
+  end
+  copy.on_done = function(info)
+    log.progress_done()
+    run.journal:emit({type = "poll", step = self.id, what = what, attempt = info.attempt,
+                      elapsed = info.elapsed, value = info.value, err = info.err, outcome = info.outcome})
+  end
+  local v, err, code = poll.run(copy)
+  if v == nil then raise_failure("poll", err .. (code == "FAILED_STATE" and "" or ""), 2) end
+  return v
+end
+
+--- Journal an event of a module's own (type and fields), tagged with this
+--- step; report.lua keeps unknown types under `events` in report.json.
+---@param ev table  {type = "dag_component", ...}
+function Step:event(ev)
+  ev.step = self.id
+  return self._run.journal:emit(ev)
+end
+
+--- Write an artifact file into the run directory; returns its path.
+function Step:artifact(name, content)
+  local dir = self._run.dir .. "/artifacts"
+  host.mkdir(dir)
+  local path = dir .. "/" .. (self.id .. "-" .. name):gsub("[^%w._-]", "_")
+  local f = assert(io.open(path, "wb"))
+  f:write(secret.redact(content))
+  f:close()
+  self:_line("artifact: " .. path)
+  return path
+end
+
+--- A new step context for `node` in `run`, writing its log lines to `sink`.
+---@param run table
+---@param node table
+---@param kind "step"|"item"
+---@param sink fun(line: string)
+---@return bomarun.StepContext
+function M.new(run, node, kind, sink)
+  return setmetatable({id = node.id, title = node.title, env = run.env, state = run.state,
+                       run = {id = run.id, dir = run.dir, profile = run.profile_name},
+                       kind = kind, _run = run, _sink = sink, _failed_checks = 0}, Step)
+end
+
+M.Step = Step
+M.FAILURE_MT = FAILURE_MT
+M.SKIP_MT = SKIP_MT
+M.raise_failure = raise_failure
+
+return M
