@@ -141,6 +141,49 @@ describe("ansible", function()
     assert.has_error(function() ansible.to_yaml({1, a = 2}) end)
   end)
 
+  it("renders awkward values so that ansible-playbook reads back exactly what was given", function()
+    -- Strings YAML 1.1 would read as something else, characters a YAML
+    -- reader refuses raw (C1 controls, U+FFFE) or reads as a line break
+    -- (U+0085, U+2028, U+2029), floats without a dot in %g form.
+    local vals = json.object{
+      words = {"yes", "no", "on", "off", "y", "N", "true", "null", "~", ""},
+      numbers_as_strings = {"0644", "0x1F", "1_000", "1:20", "190:20:30", "1e3", "+1", ".inf", "12.50", "007"},
+      dates = {"2001-12-14", "2001-12-14 21:59:43.10 -5"},
+      indicators = {"=", "<<", "- a", "? x", "@x", "`x", "%x", "!x", "&x", "*x", "|", ">", "'", '"', "#x",
+                    "a #b", "a: b", "[1]", "{a: 1}", " lead", "trail "},
+      multi = {"a\nb\n", "no final\nnewline", "  indented\nfirst", "\n\nleading", "two trailing\n\n",
+               "crlf\r\nx", "tab\tx\n\ty\n"},
+      unicode = {"héllo", "emoji 😀", "c1 a\u{80}b", "c1 a\u{9F}b", "nel a\u{85}b", "ls a\u{2028}b",
+                 "ps a\u{2029}b", "fffe a\u{FFFE}b", "bom \u{FEFF}x", "bell \7x", "del \127x",
+                 "block with c1\nx\u{80}y\n", "block with ls\nx\u{2028}y\n", "block with nel\nx\u{85}y\n"},
+      floats = {1.5, 0.1 + 0.2, 1e20, -1e-7, 2^53, 1 / 3, 3.0},
+      integers = {0, -1, math.maxinteger, math.mininteger},
+      ["yes"] = "a key that YAML 1.1 reads as true", ["1"] = "a key that looks like a number",
+    }
+    local text = ansible.to_yaml(vals)
+    -- Ansible's own loader reads the text as we meant it ...
+    local r = assert(proc.run{argv = {PY, "-c", [[
+import sys, json
+from ansible.parsing.dataloader import DataLoader
+print(json.dumps(DataLoader().load(sys.stdin.read())))]]}, stdin = text, timeout = 60, quiet = true})
+    assert.equal(0, r.code, r.stderr)
+    assert.same(json.decode(json.encode(vals)), json.decode(r.stdout))
+    -- ... and so does a play: the values go through ansible-playbook and
+    -- come back as JSON in a file.
+    local out = base .. "/awkward.json"
+    local res = assert(ansible.playbook{
+      play = {hosts = "all", gather_facts = false, vars = {vals = vals}, tasks = {
+        {name = "write the values back", copy = {dest = out, content = "{{ vals | to_json }}"}},
+        {name = "empty module args stay a map", ping = {}},
+        {name = "an empty loop stays a list", debug = {msg = "{{ item }}"}, loop = {}},
+      }},
+      inventory = LOCAL, timeout = 120, echo = false, tmp_dir = mkdir(base .. "/t-awkward"),
+    })
+    assert.is_true(res.ok, res.msg)
+    assert.same(json.decode(json.encode(vals)), json.decode(read(out)))
+    assert.same({"changed", "ok", "skipped"}, {res.events[1].status, res.events[2].status, res.events[3].status})
+  end)
+
   it("runs a passing play over ssh: events, recap, results as data, nothing left behind", function()
     local tmp = mkdir(base .. "/t-pass")
     local seen = {}
