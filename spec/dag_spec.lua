@@ -274,6 +274,37 @@ describe("dag scheduling", function()
     assert.equal("failed", r.components.slow.status)
     assert.matches("slow timed out after 0.1 s", r.components.slow.error, 1, true)
   end)
+
+  it("under a timeout, a part's own nil, msg, \"TIMEOUT\" keeps its message; only the bound's expiry says 'timed out'", function()
+    local g = dag.new{}
+    g:add{name = "api", timeout = 5, run = function() return nil, "x", "TIMEOUT" end}
+    g:add{name = "nested", timeout = 5, run = function() return nil, "poll: keystone: timed out after 1 s", "DEADLINE" end}
+    g:add{name = "fine", timeout = 5, run = function() return "endpoint", "extra" end}
+    g:add{name = "slow", timeout = 0.1, run = sleeper(30)}
+    local t0 = task.now()
+    local r = run_bounded(g, quiet{mode = "continue"})
+    assert.is_true(task.now() - t0 < 2)
+    assert.equal("failed", r.components.api.status)
+    assert.equal("x", r.components.api.error)
+    assert.equal("failed", r.components.nested.status)
+    assert.equal("poll: keystone: timed out after 1 s", r.components.nested.error)
+    assert.equal("ok", r.components.fine.status)
+    assert.equal("endpoint", r.components.fine.value)
+    assert.equal("failed", r.components.slow.status)
+    assert.equal("slow timed out after 0.1 s", r.components.slow.error)
+  end)
+
+  it("a part that raises, returns a failure or times out gives its caps back at once: the next holder runs", function()
+    local g = dag.new{caps = {apt = 1, ["k8s-api"] = 2}}
+    g:add{name = "raises", resources = {apt = 1, ["k8s-api"] = 2}, run = function() error("apt broke") end}
+    g:add{name = "returns", resources = {apt = 1, ["k8s-api"] = 2}, run = function() return nil, "dpkg lock", "LOCK" end}
+    g:add{name = "slow", resources = {apt = 1, ["k8s-api"] = 2}, timeout = 0.1, run = sleeper(30)}
+    g:add{name = "after", resources = {apt = 1, ["k8s-api"] = 2}, run = function() end}
+    local r = run_bounded(g, quiet{mode = "continue"}, 10)
+    assert.same({"raises", "returns", "slow"}, r.failed)
+    assert.equal("ok", r.components.after.status)
+    assert.is_true(r.components.after.finish < 2, "the last apt holder finished at " .. r.components.after.finish)
+  end)
 end)
 
 -- The seed's bugs, one regression test each ------------------------------------
@@ -562,6 +593,46 @@ describe("dag failure modes", function()
     assert.is_false(ok)
     assert.equal("INTERRUPTED", task.cancel_code(err))
     assert.is_true(all_gone(read_pids(d .. "/pid"), 3))
+  end)
+
+  it("cancelling g:run mid-way gives every cap back: the next run with the same caps is not starved", function()
+    local d = tmpdir()
+    local caps = {apt = 1, ["k8s-api"] = 3}
+    local first, helm_started = true, false
+    local g = dag.new{caps = caps}
+    -- ceph holds apt and two k8s-api in a process; helm holds one k8s-api
+    -- inside its timeout's bound; iscsi is ready and waits for apt.
+    g:add{name = "ceph", resources = {apt = 1, ["k8s-api"] = 2}, estimate = 10, run = function()
+      if not first then return end
+      return proc.run{argv = {"sh", "-c", "echo $$ > " .. d .. "/pid; exec sleep 60"}, quiet = true}
+    end}
+    g:add{name = "helm", resources = {["k8s-api"] = 1}, timeout = 30, run = function()
+      helm_started = true
+      if first then task.sleep(60) end
+    end}
+    g:add{name = "iscsi", resources = {"apt"}, run = function() end}
+    g:add{name = "after", depends_on = {"ceph", "helm", "iscsi"}, resources = {apt = 1, ["k8s-api"] = 3},
+          run = function() end}
+    local t = task.spawn(function() return g:run(quiet()) end)
+    wait_for(function() return helm_started and read(d .. "/pid") end, 5, "ceph and helm to start")
+    t:cancel("operator pressed Ctrl-C", "INTERRUPTED")
+    local ok, err = t:wait()
+    assert.is_false(ok)
+    assert.equal("INTERRUPTED", task.cancel_code(err))
+    assert.is_true(all_gone(read_pids(d .. "/pid"), 3))
+
+    -- The same graph again, and a new graph with the same caps: every part
+    -- gets its resources at once.
+    first = false
+    local r = run_bounded(g, quiet(), 5)
+    assert.is_true(r.ok, table.concat(dag.summary_lines(r), "; "))
+    assert.is_true(r.makespan < 1, "the second run took " .. r.makespan .. " s")
+    local g2 = dag.new{caps = caps}
+    g2:add{name = "all", resources = {apt = 1, ["k8s-api"] = 3}, run = function() end}
+    g2:add{name = "apt", depends_on = {"all"}, resources = {"apt"}, run = function() end}
+    r = run_bounded(g2, quiet(), 5)
+    assert.is_true(r.ok, table.concat(dag.summary_lines(r), "; "))
+    assert.is_true(r.makespan < 1, "the other graph took " .. r.makespan .. " s")
   end)
 end)
 
