@@ -24,7 +24,7 @@ struct bm_stream {
     struct bm_buf partial;
     size_t max;
     int truncated;
-    const char *name;          /* "stdout" / "stderr" */
+    const char *name; /* "stdout" / "stderr" */
 };
 
 void bm_stream_init(struct bm_stream *s, const char *name, size_t max);

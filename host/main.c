@@ -10,6 +10,7 @@
 #include <lualib.h>
 
 #include "loop.h"
+#include "mod_crypto.h"
 #include "mod_host.h"
 #include "mod_http.h"
 #include "mod_json.h"
@@ -41,8 +42,8 @@ static void find_lua_dir(char *out, size_t n)
     }
     if (uv_exepath(exe, &len) == 0 && (slash = strrchr(exe, '/'))) {
         *slash = '\0';
-        snprintf(probe, sizeof probe, "%s/../%s/lua/engine/bomarun/cli.lua", exe,
-                 BOMARUN_SHARE_REL);
+        snprintf(probe, sizeof probe, "%s/../%s/lua/engine/bomarun/cli.lua",
+                 exe, BOMARUN_SHARE_REL);
         if (file_exists(probe)) {
             snprintf(probe, sizeof probe, "%s/../%s/lua", exe,
                      BOMARUN_SHARE_REL);
@@ -121,8 +122,9 @@ static int outcome(lua_State *L, int failed)
         if (lua_isstring(L, -1) &&
             strcmp(lua_tostring(L, -1), "INTERRUPTED") == 0) {
             lua_getfield(L, -2, "message");
-            code = lua_isstring(L, -1) && strstr(lua_tostring(L, -1),
-                   "SIGTERM") ? EXIT_TERMINATED : EXIT_INTERRUPTED;
+            code = lua_isstring(L, -1) && strstr(lua_tostring(L, -1), "SIGTERM")
+                       ? EXIT_TERMINATED
+                       : EXIT_INTERRUPTED;
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
@@ -151,6 +153,7 @@ int main(int argc, char **argv)
     preload(L, "bomarun._host", luaopen_bomarun__host);
     preload(L, "bomarun._ssh", luaopen_bomarun__ssh);
     preload(L, "bomarun._http", luaopen_bomarun__http);
+    preload(L, "bomarun._crypto", luaopen_bomarun__crypto);
     luaL_requiref(L, "bomarun._host", luaopen_bomarun__host, 0);
     lua_pop(L, 1);
     find_lua_dir(luadir, sizeof luadir);

@@ -1,5 +1,6 @@
 /* mod_host: small operating-system helpers Lua lacks (bomarun._host). */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,41 @@ static int fail(lua_State *L, const char *what, const char *path, int err)
     lua_pushfstring(L, "%s: %s: %s", what, path, strerror(err));
     lua_pushstring(L, uv_err_name(uv_translate_sys_error(err)));
     return 3;
+}
+
+/* write_file(path, data [, mode]) -> true | nil, msg, CODE ; the file is
+ * created with `mode` (default 0600) and set to it if it existed, before a
+ * byte is written; every write and the close are checked. */
+static int l_host_write_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    mode_t mode = (mode_t)luaL_optinteger(L, 3, 0600);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return fail(L, "write_file", path, errno);
+    if (fchmod(fd, mode) != 0) {
+        int e = errno;
+        close(fd);
+        return fail(L, "write_file", path, e);
+    }
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            return fail(L, "write_file", path, e);
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    if (close(fd) != 0)
+        return fail(L, "write_file", path, errno);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* isatty(fd) -> boolean */
@@ -61,8 +97,9 @@ static int l_host_exists(lua_State *L)
     struct stat st;
     if (stat(luaL_checkstring(L, 1), &st) != 0)
         return 0;
-    lua_pushstring(L, S_ISREG(st.st_mode) ? "file" :
-                      S_ISDIR(st.st_mode) ? "directory" : "other");
+    lua_pushstring(L, S_ISREG(st.st_mode)   ? "file"
+                      : S_ISDIR(st.st_mode) ? "directory"
+                                            : "other");
     return 1;
 }
 
@@ -190,6 +227,7 @@ static int l_host_exit(lua_State *L)
     return 0;
 }
 
+/* clang-format off */
 static const luaL_Reg host_funcs[] = {
     {"isatty", l_host_isatty},
     {"mkdir", l_host_mkdir},
@@ -202,10 +240,12 @@ static const luaL_Reg host_funcs[] = {
     {"hostname", l_host_hostname},
     {"random_hex", l_host_random_hex},
     {"write", l_host_write},
+    {"write_file", l_host_write_file},
     {"exit", l_host_exit},
     {"rss", l_host_rss},
-    {NULL, NULL}
+    {NULL, NULL},
 };
+/* clang-format on */
 
 int luaopen_bomarun__host(lua_State *L)
 {

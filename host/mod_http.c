@@ -19,9 +19,11 @@
 
 #include "lines.h"
 #include "mod_http.h"
+#include "opts.h"
 #include "sched.h"
 
 #define MAX_BODY (256u << 20)
+#define WHO "http.request"
 
 struct req {
     CURL *easy;
@@ -34,7 +36,7 @@ struct req {
     FILE *download;
     char *download_path;
     struct bm_buf resp;
-    struct bm_buf head;          /* raw response header lines */
+    struct bm_buf head; /* raw response header lines */
     char errbuf[CURL_ERROR_SIZE];
     int retried;
     int waiting;
@@ -51,7 +53,7 @@ struct sock_ctx {
 static CURLM *g_multi;
 static uv_timer_t g_timer;
 static int g_inited;
-static int g_inflight;   /* the timer keeps the loop alive only while > 0 */
+static int g_inflight; /* the timer keeps the loop alive only while > 0 */
 
 static void inflight(int delta)
 {
@@ -315,7 +317,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     if (r->download)
         return fwrite(p, 1, len, r->download);
     if (r->resp.len + len > MAX_BODY)
-        return 0;   /* CURLE_WRITE_ERROR: refuse unbounded bodies */
+        return 0; /* CURLE_WRITE_ERROR: refuse unbounded bodies */
     bm_buf_add(&r->resp, p, len);
     return len;
 }
@@ -342,30 +344,36 @@ static void req_cancel(struct bm_wait *w)
     req_free(r);
 }
 
-static double opt_number(lua_State *L, const char *k, double dflt)
+/* The request's options, read before anything is allocated: a wrong one
+ * raises. */
+struct req_opts {
+    const char *method, *url, *body, *body_file, *output_file, *cainfo;
+    size_t body_len;
+    uint64_t timeout_ms, connect_timeout_ms;
+    int insecure;
+};
+
+static void read_opts(lua_State *L, struct req_opts *o)
 {
-    double v = dflt;
-    if (lua_getfield(L, 1, k) != LUA_TNIL) {
-        if (!lua_isnumber(L, -1))
-            luaL_error(L, "http: %s must be a number", k);
-        v = lua_tonumber(L, -1);
-    }
-    lua_pop(L, 1);
-    return v;
+    o->method = opts_string(L, 1, WHO, "method", "GET");
+    o->url = opts_string(L, 1, WHO, "url", NULL);
+    if (!o->url)
+        luaL_error(L, "http.request: url is required");
+    o->body = opts_lstring(L, 1, WHO, "body", NULL, &o->body_len);
+    o->body_file = opts_string(L, 1, WHO, "body_file", NULL);
+    o->output_file = opts_string(L, 1, WHO, "output_file", NULL);
+    o->cainfo = opts_string(L, 1, WHO, "cainfo", NULL);
+    o->timeout_ms = opts_ms(L, 1, WHO, "timeout", 60000);
+    o->connect_timeout_ms = opts_ms(L, 1, WHO, "connect_timeout", 10000);
+    o->insecure = opts_boolean(L, 1, WHO, "insecure", 0);
+    if (opts_push_table(L, 1, WHO, "headers")) /* checked; set_headers */
+        lua_pop(L, 1);
 }
 
-static const char *opt_string(lua_State *L, const char *k)
-{
-    const char *v;
-    lua_getfield(L, 1, k);
-    v = lua_tostring(L, -1);
-    lua_pop(L, 1);   /* the string stays alive in the options table */
-    return v;
-}
-
+/* Adds opts.headers (checked by read_opts) to the request. */
 static void set_headers(lua_State *L, struct req *r)
 {
-    if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+    if (opts_push_table(L, 1, WHO, "headers")) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             if (lua_type(L, -2) == LUA_TSTRING) {
@@ -377,36 +385,35 @@ static void set_headers(lua_State *L, struct req *r)
             }
             lua_pop(L, 1);
         }
+        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     /* No 100-continue round trip before uploads. */
     r->hdrs = curl_slist_append(r->hdrs, "Expect:");
 }
 
-static int open_files(lua_State *L, struct req *r)
+/* Pushes nil, "http: METHOD URL: cannot VERB PATH", "LOCAL_FILE". */
+static int file_failed(lua_State *L, struct req *r, const char *verb,
+                       const char *path)
 {
-    const char *up = opt_string(L, "body_file");
-    const char *down = opt_string(L, "output_file");
-    if (up) {
-        r->upload = fopen(up, "rb");
-        if (!r->upload) {
-            lua_pushnil(L);
-            lua_pushfstring(L, "http: %s %s: cannot read %s", r->method,
-                            r->url, up);
-            lua_pushliteral(L, "LOCAL_FILE");
-            return 3;
-        }
+    lua_pushnil(L);
+    lua_pushfstring(L, "http: %s %s: cannot %s %s", r->method, r->url, verb,
+                    path);
+    lua_pushliteral(L, "LOCAL_FILE");
+    return 3;
+}
+
+static int open_files(lua_State *L, struct req *r, const struct req_opts *o)
+{
+    if (o->body_file) {
+        r->upload = fopen(o->body_file, "rb");
+        if (!r->upload)
+            return file_failed(L, r, "read", o->body_file);
     }
-    if (down) {
-        r->download = fopen(down, "wb");
-        r->download_path = strdup(down);
-        if (!r->download) {
-            lua_pushnil(L);
-            lua_pushfstring(L, "http: %s %s: cannot write %s", r->method,
-                            r->url, down);
-            lua_pushliteral(L, "LOCAL_FILE");
-            return 3;
-        }
+    if (o->output_file) {
+        r->download = fopen(o->output_file, "wb");
+        r->download_path = strdup(o->output_file);
+        if (!r->download)
+            return file_failed(L, r, "write", o->output_file);
     }
     return 0;
 }
@@ -433,63 +440,56 @@ static void set_body(struct req *r)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
 }
 
+static void set_options(struct req *r, const struct req_opts *o)
+{
+    CURL *e = r->easy;
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)o->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "bomarun/" BOMARUN_VERSION);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (o->cainfo)
+        curl_easy_setopt(e, CURLOPT_CAINFO, o->cainfo);
+    if (o->insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+}
+
 /* request{method=, url=, headers=, body=, body_file=, output_file=,
  *         timeout=, connect_timeout=, cainfo=, insecure=}
  *   -> {status, headers, body, duration, retried, url} | nil, msg, CODE */
 static int l_http_request(lua_State *L)
 {
+    struct req_opts o;
     struct req *r;
-    const char *s;
-    size_t n;
     int rc;
     luaL_checktype(L, 1, LUA_TTABLE);
-    sched_check_await(L, "http.request");
+    sched_check_await(L, WHO);
+    read_opts(L, &o);
     ensure_multi();
     r = calloc(1, sizeof *r);
     if (!r)
         return luaL_error(L, "http: out of memory");
-    s = opt_string(L, "method");
-    snprintf(r->method, sizeof r->method, "%s", s ? s : "GET");
-    s = opt_string(L, "url");
-    if (!s) {
-        free(r);
-        return luaL_error(L, "http.request: url is required");
+    snprintf(r->method, sizeof r->method, "%s", o.method);
+    r->url = strdup(o.url);
+    if (o.body && (r->body = malloc(o.body_len + 1))) {
+        memcpy(r->body, o.body, o.body_len);
+        r->body_len = o.body_len;
     }
-    r->url = strdup(s);
-    if (lua_getfield(L, 1, "body") == LUA_TSTRING) {
-        s = lua_tolstring(L, -1, &n);
-        r->body = malloc(n + 1);
-        memcpy(r->body, s, n);
-        r->body_len = n;
-    }
-    lua_pop(L, 1);
-    if ((rc = open_files(L, r))) {
+    if ((rc = open_files(L, r, &o))) {
         req_free(r);
         return rc;
     }
     r->easy = curl_easy_init();
-    curl_easy_setopt(r->easy, CURLOPT_URL, r->url);
-    curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
-    curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
-    curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS,
-                     (long)(opt_number(L, "timeout", 60) * 1000));
-    curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)(opt_number(L, "connect_timeout", 10) * 1000));
-    curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "bomarun/" BOMARUN_VERSION);
-    curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    if ((s = opt_string(L, "cainfo")))
-        curl_easy_setopt(r->easy, CURLOPT_CAINFO, s);
-    lua_getfield(L, 1, "insecure");
-    if (lua_toboolean(L, -1)) {
-        curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
-    lua_pop(L, 1);
+    set_options(r, &o);
     set_headers(L, r);
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->hdrs);
     set_body(r);
@@ -505,7 +505,7 @@ static int l_http_request(lua_State *L)
 
 static const luaL_Reg http_funcs[] = {
     {"request", l_http_request},
-    {NULL, NULL}
+    {NULL, NULL},
 };
 
 int luaopen_bomarun__http(lua_State *L)

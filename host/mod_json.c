@@ -2,7 +2,8 @@
  * mod_json.c - the bomarun._json Lua module: JSON <-> Lua values over jansson.
  *
  * Mapping (encode(decode(text)) gives back an equal document):
- *   object   <-> table with metatable object_mt (registry "bomarun.json.object")
+ *   object   <-> table with metatable object_mt
+ *                (registry "bomarun.json.object")
  *   array    <-> table with metatable array_mt  (registry "bomarun.json.array")
  *   string   <-> string (must be valid UTF-8 when encoding; NUL bytes allowed)
  *   integer  <-> integer subtype number
@@ -175,14 +176,16 @@ static size_t decode_flags(lua_State *L, int idx)
     /* DECODE_ANY: scalars are documents too; ALLOW_NUL: Lua strings hold \0. */
     size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
 
-    if (have_options(L, idx, names) && bool_option(L, idx, "reject_duplicates", 0))
+    if (have_options(L, idx, names) &&
+        bool_option(L, idx, "reject_duplicates", 0))
         flags |= JSON_REJECT_DUPLICATES;
     return flags;
 }
 
 static size_t encode_flags(lua_State *L, int idx)
 {
-    static const char *const names[] = {"indent", "sort_keys", "ensure_ascii", NULL};
+    static const char *const names[] = {"indent", "sort_keys", "ensure_ascii",
+                                        NULL};
     size_t flags = JSON_ENCODE_ANY | JSON_SORT_KEYS | JSON_COMPACT;
 
     if (!have_options(L, idx, names))
@@ -225,7 +228,7 @@ static void push_object(lua_State *L, json_t *object)
 
     lua_createtable(L, 0, n > INT_MAX ? INT_MAX : (int)n);
     luaL_setmetatable(L, OBJECT_MT);
-    json_object_keylen_foreach(object, key, key_len, value) {
+    json_object_keylen_foreach (object, key, key_len, value) {
         lua_pushlstring(L, key, key_len);
         push_json(L, value);
         lua_rawset(L, -3);
@@ -237,12 +240,8 @@ static void push_json(lua_State *L, json_t *value)
 {
     luaL_checkstack(L, 3, "json: document nested too deeply");
     switch (json_typeof(value)) {
-    case JSON_OBJECT:
-        push_object(L, value);
-        break;
-    case JSON_ARRAY:
-        push_array(L, value);
-        break;
+    case JSON_OBJECT: push_object(L, value); break;
+    case JSON_ARRAY: push_array(L, value); break;
     case JSON_STRING:
         lua_pushlstring(L, json_string_value(value), json_string_length(value));
         break;
@@ -252,15 +251,9 @@ static void push_json(lua_State *L, json_t *value)
     case JSON_REAL:
         lua_pushnumber(L, (lua_Number)json_real_value(value));
         break;
-    case JSON_TRUE:
-        lua_pushboolean(L, 1);
-        break;
-    case JSON_FALSE:
-        lua_pushboolean(L, 0);
-        break;
-    case JSON_NULL:
-        lua_pushlightuserdata(L, NULL_SENTINEL);
-        break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    case JSON_NULL: lua_pushlightuserdata(L, NULL_SENTINEL); break;
     }
 }
 
@@ -281,7 +274,8 @@ static int l_json_decode(lua_State *L)
          * Running out of memory is not a property of the input.  jansson
          * leaves the text empty when it fails to allocate its lexer.
          */
-        if (json_error_code(&err) == json_error_out_of_memory || err.text[0] == '\0')
+        if (json_error_code(&err) == json_error_out_of_memory ||
+            err.text[0] == '\0')
             return raise_error(L, "out of memory");
         lua_pushnil(L);
         lua_pushfstring(L, "json: %d:%d: %s", err.line, err.column, err.text);
@@ -498,13 +492,13 @@ static json_t *new_string(struct encoder *e, int idx)
 
 /* What the keys of a table look like; filled without raising errors. */
 struct key_scan {
-    lua_Integer ints;  /* integer keys */
-    lua_Integer strs;  /* string keys */
-    lua_Integer max;   /* largest integer key */
-    int nonpositive;   /* some integer key is < 1 */
-    int bad_utf8;      /* some string key is not valid UTF-8 */
-    int bad_type;      /* type of the first non-string non-integer key */
-    int bad_float;     /* ...and whether it was a float */
+    lua_Integer ints; /* integer keys */
+    lua_Integer strs; /* string keys */
+    lua_Integer max;  /* largest integer key */
+    int nonpositive;  /* some integer key is < 1 */
+    int bad_utf8;     /* some string key is not valid UTF-8 */
+    int bad_type;     /* type of the first non-string non-integer key */
+    int bad_float;    /* ...and whether it was a float */
 };
 
 static void scan_keys(lua_State *L, int idx, struct key_scan *scan)
@@ -522,7 +516,8 @@ static void scan_keys(lua_State *L, int idx, struct key_scan *scan)
                 scan->max = k;
         } else if (lua_type(L, -1) == LUA_TSTRING) {
             size_t len;
-            const char *key = lua_tolstring(L, -1, &len); /* no conversion: a string */
+            const char *key =
+                lua_tolstring(L, -1, &len); /* no conversion: a string */
             scan->strs++;
             scan->bad_utf8 |= !utf8_valid(key, len);
         } else if (scan->bad_type == LUA_TNONE) {
@@ -538,7 +533,8 @@ static int dense(const struct key_scan *scan)
     return scan->ints > 0 && !scan->nonpositive && scan->max == scan->ints;
 }
 
-/* Decide whether the table at idx becomes an array (1) or object (0), or raise. */
+/* Decide whether the table at idx becomes an array (1) or object (0), or
+ * raise. */
 static int table_is_array(struct encoder *e, int idx)
 {
     lua_State *L = e->L;
@@ -549,7 +545,8 @@ static int table_is_array(struct encoder *e, int idx)
     if (scan.bad_float)
         encode_error(e, "cannot use a non-integer number as a key");
     if (scan.bad_type != LUA_TNONE)
-        encode_error(e, "cannot use a %s as a key", lua_typename(L, scan.bad_type));
+        encode_error(e, "cannot use a %s as a key",
+                     lua_typename(L, scan.bad_type));
     if (scan.bad_utf8) /* checked here so the error names the object */
         encode_error(e, "invalid UTF-8 in object key");
     if (mark == MARK_ARRAY) {
@@ -571,7 +568,8 @@ static int table_is_array(struct encoder *e, int idx)
     return scan.ints > 0;
 }
 
-/* Empty array or object for the table at idx, after all checks that may raise. */
+/* Empty array or object for the table at idx, after all checks that may
+ * raise. */
 static json_t *new_container(struct encoder *e, int idx)
 {
     lua_State *L = e->L;
@@ -605,7 +603,8 @@ static json_t *new_node(struct encoder *e, int idx)
         node = new_string(e, idx);
     else if (type == LUA_TTABLE)
         node = new_container(e, idx);
-    else if (type == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL_SENTINEL)
+    else if (type == LUA_TLIGHTUSERDATA &&
+             lua_touserdata(L, idx) == NULL_SENTINEL)
         node = json_null();
     else if (type == LUA_TNIL)
         encode_error(e, "cannot encode nil (use json.null)");
@@ -618,7 +617,8 @@ static json_t *new_node(struct encoder *e, int idx)
 
 static void fill_node(struct encoder *e, int idx, json_t *node);
 
-/* Convert the value at the top of the stack and attach it (key NULL: append). */
+/* Convert the value at the top of the stack and attach it (key NULL:
+ * append). */
 static void add_child(struct encoder *e, json_t *parent, const char *key,
                       size_t key_len)
 {
@@ -643,7 +643,8 @@ static void set_path_key(struct encoder *e, int key_idx)
 static void fill_array(struct encoder *e, int idx, json_t *array)
 {
     lua_State *L = e->L;
-    lua_Integer n = (lua_Integer)lua_rawlen(L, idx); /* dense, so the border is n */
+    lua_Integer n =
+        (lua_Integer)lua_rawlen(L, idx); /* dense, so the border is n */
 
     for (lua_Integer i = 1; i <= n; i++) {
         lua_pushinteger(L, i);
@@ -739,16 +740,10 @@ static int mark_table(lua_State *L, const char *tname)
 }
 
 /* array([t]) -> t marked as a JSON array */
-static int l_json_array(lua_State *L)
-{
-    return mark_table(L, ARRAY_MT);
-}
+static int l_json_array(lua_State *L) { return mark_table(L, ARRAY_MT); }
 
 /* object([t]) -> t marked as a JSON object */
-static int l_json_object(lua_State *L)
-{
-    return mark_table(L, OBJECT_MT);
-}
+static int l_json_object(lua_State *L) { return mark_table(L, OBJECT_MT); }
 
 /* is_array(v) -> boolean: whether encode would emit v as a JSON array */
 static int l_json_is_array(lua_State *L)
@@ -763,7 +758,8 @@ static int l_json_is_array(lua_State *L)
         } else if (mark != MARK_OBJECT) {
             struct key_scan scan;
             scan_keys(L, 1, &scan);
-            result = dense(&scan) && scan.strs == 0 && scan.bad_type == LUA_TNONE;
+            result =
+                dense(&scan) && scan.strs == 0 && scan.bad_type == LUA_TNONE;
         }
     }
     lua_pushboolean(L, result);

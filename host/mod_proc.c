@@ -19,23 +19,23 @@
 #include "lines.h"
 #include "loop.h"
 #include "mod_proc.h"
+#include "opts.h"
 #include "sched.h"
 
 #define PROC_MT "bomarun.proc"
 #define DEFAULT_GRACE_MS 2000
 #define DEFAULT_DRAIN_MS 2000
 #define DEFAULT_MAX_OUTPUT (64u << 20)
+#define WHO "proc"
 
 extern char **environ;
 
 enum { S_RUNNING, S_TERMINATING, S_KILLED, S_DRAINING, S_DONE };
 
-
-
 struct proc {
     uv_process_t process;
-    uv_pipe_t pipes[3];        /* 0 stdin, 1 stdout, 2 stderr */
-    uv_timer_t timer;          /* timeout, grace or drain, by stage */
+    uv_pipe_t pipes[3]; /* 0 stdin, 1 stdout, 2 stderr */
+    uv_timer_t timer;   /* timeout, grace or drain, by stage */
     uv_write_t wreq;
     int pipe_open[3];
     int open_handles;
@@ -45,17 +45,17 @@ struct proc {
     int64_t exit_status;
     int term_signal;
     int timed_out, cancelled, lingering;
-    int keep;                  /* a service: outlives its spawning task */
+    int keep; /* a service: outlives its spawning task */
     uint64_t t_start, t_end;
     uint64_t timeout_ms, grace_ms, drain_ms;
     size_t max_output;
-    struct bm_stream out[3];   /* stdout (1) and stderr (2) */
+    struct bm_stream out[3]; /* stdout (1) and stderr (2) */
     int on_line_ref;
     int self_ref;
     int ud_gone;
     int waiting;
     struct bm_wait w;
-    struct bm_resource owner;  /* the spawning task: we die with it */
+    struct bm_resource owner; /* the spawning task: we die with it */
     char *stdin_data;
     size_t stdin_len;
     char desc[200];
@@ -131,9 +131,10 @@ static int push_outcome(lua_State *L, struct proc *p)
         return 1;
     }
     lua_pushnil(L);
-    lua_pushfstring(L, "proc: %s (pid %d) timed out after %f s; its process "
-                    "group was killed", p->desc, p->pid,
-                    (lua_Number)p->timeout_ms / 1000.0);
+    lua_pushfstring(L,
+                    "proc: %s (pid %d) timed out after %f s; its process "
+                    "group was killed",
+                    p->desc, p->pid, (lua_Number)p->timeout_ms / 1000.0);
     lua_pushliteral(L, "TIMEOUT");
     push_result(L, p);
     return 4;
@@ -183,6 +184,8 @@ static int pipes_done(struct proc *p)
 
 static void kill_group(struct proc *p, int sig)
 {
+    if (p->pid <= 0)
+        return; /* never started: kill(0) would hit our own group */
     /* The group may outlive its leader; signal it regardless. */
     if (kill(-(pid_t)p->pid, sig) != 0 && !p->exited)
         kill((pid_t)p->pid, sig);
@@ -208,25 +211,24 @@ static void on_timer(uv_timer_t *h)
 {
     struct proc *p = h->data;
     switch (p->stage) {
-    case S_RUNNING:            /* the timeout */
+    case S_RUNNING: /* the timeout */
         p->timed_out = 1;
         terminate(p);
         break;
-    case S_TERMINATING:        /* the grace period ran out */
+    case S_TERMINATING: /* the grace period ran out */
         kill_group(p, SIGKILL);
         p->stage = S_KILLED;
         close_pipes(p);
         if (p->exited)
             finish(p);
         break;
-    case S_DRAINING:           /* exited, but the group holds the pipes */
+    case S_DRAINING: /* exited, but the group holds the pipes */
         kill_group(p, SIGKILL);
         p->lingering = 1;
         close_pipes(p);
         finish(p);
         break;
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -277,7 +279,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 static void on_written(uv_write_t *req, int status)
 {
     struct proc *p = req->data;
-    (void)status;   /* EPIPE: the child did not want its input */
+    (void)status; /* EPIPE: the child did not want its input */
     if (p->pipe_open[0]) {
         p->pipe_open[0] = 0;
         close_handle(p, (uv_handle_t *)&p->pipes[0]);
@@ -296,19 +298,18 @@ static char **argv_from(lua_State *L, int opts, struct proc *p)
 {
     char **argv;
     size_t n, i, used = 0;
-    if (lua_getfield(L, opts, "shell") == LUA_TSTRING) {
+    const char *shell = opts_string(L, opts, WHO, "shell", NULL);
+    if (shell) {
         argv = calloc(4, sizeof *argv);
         argv[0] = strdup("/bin/sh");
         argv[1] = strdup("-c");
-        argv[2] = strdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
+        argv[2] = strdup(shell);
         snprintf(p->desc, sizeof p->desc, "sh -c '%s'", argv[2]);
         return argv;
     }
-    lua_pop(L, 1);
-    if (lua_getfield(L, opts, "argv") != LUA_TTABLE)
+    if (!opts_push_table(L, opts, WHO, "argv"))
         luaL_error(L, "proc: argv (a list of strings) or shell (a string) "
-                   "is required");
+                      "is required");
     n = lua_rawlen(L, -1);
     if (n == 0)
         luaL_error(L, "proc: argv is empty");
@@ -339,13 +340,11 @@ static char **env_from(lua_State *L, int opts)
 {
     char **env;
     size_t n = 0, cap, i;
-    int clear;
-    lua_getfield(L, opts, "clear_env");
-    clear = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, opts, "env") != LUA_TTABLE && !clear) {
-        lua_pop(L, 1);
-        return NULL;
+    int clear = opts_boolean(L, opts, WHO, "clear_env", 0);
+    if (!opts_push_table(L, opts, WHO, "env")) {
+        if (!clear)
+            return NULL;
+        lua_pushnil(L); /* in place of the table */
     }
     cap = 16;
     if (!clear)
@@ -406,46 +405,24 @@ static void strv_free(char **v)
     free(v);
 }
 
-static uint64_t opt_ms(lua_State *L, int opts, const char *k, uint64_t dflt)
-{
-    lua_Number s;
-    int isnum;
-    lua_getfield(L, opts, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return dflt;
-    }
-    s = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || s != s || s < 0)
-        luaL_error(L, "proc: %s must be a number of seconds >= 0", k);
-    lua_pop(L, 1);
-    return (uint64_t)(s * 1000.0 + 0.5);
-}
-
 static void read_options(lua_State *L, struct proc *p)
 {
-    p->timeout_ms = opt_ms(L, 1, "timeout", 0);
-    p->grace_ms = opt_ms(L, 1, "grace", DEFAULT_GRACE_MS);
-    p->drain_ms = opt_ms(L, 1, "drain", DEFAULT_DRAIN_MS);
-    p->max_output = DEFAULT_MAX_OUTPUT;
-    if (lua_getfield(L, 1, "max_output") == LUA_TNUMBER)
-        p->max_output = (size_t)lua_tointeger(L, -1);
-    lua_pop(L, 1);
+    const char *in;
+    size_t len;
+    p->timeout_ms = opts_ms(L, 1, WHO, "timeout", 0);
+    p->grace_ms = opts_ms(L, 1, WHO, "grace", DEFAULT_GRACE_MS);
+    p->drain_ms = opts_ms(L, 1, WHO, "drain", DEFAULT_DRAIN_MS);
+    p->max_output =
+        (size_t)opts_integer(L, 1, WHO, "max_output", DEFAULT_MAX_OUTPUT);
     bm_stream_init(&p->out[1], "stdout", p->max_output);
     bm_stream_init(&p->out[2], "stderr", p->max_output);
-    lua_getfield(L, 1, "keep");
-    p->keep = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, 1, "on_line") == LUA_TFUNCTION)
-        p->on_line_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    else
-        lua_pop(L, 1);
-    if (lua_getfield(L, 1, "stdin") == LUA_TSTRING) {
-        const char *s = lua_tolstring(L, -1, &p->stdin_len);
-        p->stdin_data = malloc(p->stdin_len + 1);
-        memcpy(p->stdin_data, s, p->stdin_len + 1);
+    p->keep = opts_boolean(L, 1, WHO, "keep", 0);
+    in = opts_lstring(L, 1, WHO, "stdin", NULL, &len);
+    if (in && (p->stdin_data = malloc(len + 1))) {
+        memcpy(p->stdin_data, in, len + 1);
+        p->stdin_len = len;
     }
-    lua_pop(L, 1);
+    p->on_line_ref = opts_ref_function(L, 1, WHO, "on_line");
 }
 
 /* Pushes nil, "proc: cannot start ...", CODE; returns 3. */
@@ -484,7 +461,7 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
     o.env = a->env;
     o.cwd = a->cwd;
     o.exit_cb = on_child_exit;
-    o.flags = UV_PROCESS_DETACHED;   /* setsid: its own process group */
+    o.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
     o.stdio_count = 3;
     o.stdio = stdio;
     for (i = 0; i < 3; i++) {
@@ -492,8 +469,8 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
         p->pipes[i].data = p;
         stdio[i].data.stream = (uv_stream_t *)&p->pipes[i];
     }
-    stdio[0].flags = p->stdin_data ? UV_CREATE_PIPE | UV_READABLE_PIPE
-                                   : UV_IGNORE;
+    stdio[0].flags =
+        p->stdin_data ? UV_CREATE_PIPE | UV_READABLE_PIPE : UV_IGNORE;
     stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
     stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
     uv_timer_init(loop, &p->timer);
@@ -501,7 +478,7 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
     p->process.data = p;
     p->t_start = uv_hrtime();
     r = uv_spawn(loop, &p->process, &o);
-    p->open_handles = 5;   /* process, timer, three pipes */
+    p->open_handles = 5; /* process, timer, three pipes */
     if (r < 0) {
         p->stage = S_DONE;
         for (i = 0; i < 3; i++)
@@ -511,6 +488,7 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
         return spawn_failed(L, p, r, a->cwd);
     }
     p->pid = p->process.pid;
+    p->stage = S_RUNNING;
     loop_track_pgid(p->pid);
     p->owner.release = owner_finished;
     if (!p->keep)
@@ -535,6 +513,8 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
 static struct proc *check_proc(lua_State *L, int i)
 {
     struct proc **pp = luaL_checkudata(L, i, PROC_MT);
+    if (!*pp)
+        luaL_error(L, "proc: the handle is closed");
     return *pp;
 }
 
@@ -551,15 +531,15 @@ static int l_proc_spawn(lua_State *L)
         return luaL_error(L, "proc: out of memory");
     p->on_line_ref = LUA_NOREF;
     p->self_ref = LUA_NOREF;
-    pp = lua_newuserdatauv(L, sizeof *pp, 0);   /* index 2 */
+    p->stage = S_DONE; /* until it runs: nothing for __gc to stop */
+    pp = lua_newuserdatauv(L, sizeof *pp, 0); /* index 2 */
     *pp = p;
     luaL_setmetatable(L, PROC_MT);
     /* Option errors raise: the userdata's __gc frees p. */
     read_options(L, p);
     a.argv = argv_from(L, 1, p);
     a.env = env_from(L, 1);
-    lua_getfield(L, 1, "cwd");
-    a.cwd = lua_tostring(L, -1);
+    a.cwd = opts_string(L, 1, WHO, "cwd", NULL);
     n = do_spawn(L, p, &a);
     strv_free(a.argv);
     strv_free(a.env);
@@ -613,9 +593,12 @@ static int l_proc_run(lua_State *L)
 
 static int signal_from(lua_State *L, int i)
 {
-    static const struct { const char *name; int sig; } sigs[] = {
+    static const struct {
+        const char *name;
+        int sig;
+    } sigs[] = {
         {"TERM", SIGTERM}, {"KILL", SIGKILL}, {"INT", SIGINT},
-        {"HUP", SIGHUP}, {"QUIT", SIGQUIT}, {"USR1", SIGUSR1},
+        {"HUP", SIGHUP},   {"QUIT", SIGQUIT}, {"USR1", SIGUSR1},
         {"USR2", SIGUSR2}, {"STOP", SIGSTOP}, {"CONT", SIGCONT},
     };
     const char *s;
@@ -640,8 +623,8 @@ static int l_proc_kill(lua_State *L)
     int sig = signal_from(L, 2);
     if (p->stage == S_DONE) {
         lua_pushnil(L);
-        lua_pushfstring(L, "proc: %s (pid %d) has already finished",
-                        p->desc, p->pid);
+        lua_pushfstring(L, "proc: %s (pid %d) has already finished", p->desc,
+                        p->pid);
         lua_pushliteral(L, "ESRCH");
         return 3;
     }
@@ -677,11 +660,19 @@ static int l_proc_done(lua_State *L)
 
 static int l_proc_tostring(lua_State *L)
 {
-    struct proc *p = check_proc(L, 1);
-    lua_pushfstring(L, "proc %d: %s", p->pid, p->desc);
+    struct proc **pp = luaL_checkudata(L, 1, PROC_MT);
+    struct proc *p = *pp;
+    if (!p)
+        lua_pushliteral(L, "proc (closed)");
+    else
+        lua_pushfstring(L, "proc %d: %s", p->pid, p->desc);
     return 1;
 }
 
+/* __gc and __close: a process still running is killed with its group and
+ * its pipes are closed (waiting tasks still get its result).  Only
+ * <close> or the state closing can get here while it runs: until its
+ * handles are closed, p->self_ref keeps the userdata alive. */
 static int l_proc_gc(lua_State *L)
 {
     struct proc **pp = luaL_checkudata(L, 1, PROC_MT);
@@ -689,6 +680,14 @@ static int l_proc_gc(lua_State *L)
     if (!p)
         return 0;
     *pp = NULL;
+    if (p->stage != S_DONE) {
+        kill_group(p, SIGKILL);
+        uv_timer_stop(&p->timer);
+        p->stage = S_KILLED;
+        close_pipes(p);
+        if (p->exited)
+            finish(p);
+    }
     p->ud_gone = 1;
     /* Memory goes in the last close callback while libuv still owns it. */
     if (p->open_handles == 0)
@@ -696,25 +695,28 @@ static int l_proc_gc(lua_State *L)
     return 0;
 }
 
+/* clang-format off */
 static const luaL_Reg proc_methods[] = {
     {"wait", l_proc_wait},
     {"kill", l_proc_kill},
     {"terminate", l_proc_terminate},
     {"pid", l_proc_pid},
     {"done", l_proc_done},
-    {NULL, NULL}
+    {NULL, NULL},
 };
+/* clang-format on */
 
 static const luaL_Reg proc_meta[] = {
     {"__gc", l_proc_gc},
+    {"__close", l_proc_gc},
     {"__tostring", l_proc_tostring},
-    {NULL, NULL}
+    {NULL, NULL},
 };
 
 static const luaL_Reg proc_funcs[] = {
     {"spawn", l_proc_spawn},
     {"run", l_proc_run},
-    {NULL, NULL}
+    {NULL, NULL},
 };
 
 int luaopen_bomarun__proc(lua_State *L)

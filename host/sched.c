@@ -25,45 +25,32 @@
 
 enum { T_READY, T_RUNNING, T_WAITING, T_DONE };
 
-struct join;
+struct waiter;
 
 struct bm_task {
     lua_State *co;
-    int co_ref;               /* registry ref to the thread while live */
-    int ud_ref;               /* registry ref to the handle while live */
-    int locals_ref;           /* task-local table, or LUA_NOREF */
+    int co_ref;     /* registry ref to the thread while live */
+    int ud_ref;     /* registry ref to the handle while live */
+    int locals_ref; /* task-local table, or LUA_NOREF */
     unsigned long id;
     char name[64];
     int state;
     int started;
-    int nargs;                /* values pushed on co for the next resume */
+    int nargs; /* values pushed on co for the next resume */
     struct bm_wait *wait;
     struct bm_task *parent;
     struct bm_task *first_child, *next_sibling, *prev_sibling;
     struct bm_task *next_ready;
-    struct join *joiners;
+    struct waiter *joiners;
     struct bm_resource *resources;
     int cancelled;
     char *cancel_reason;
     char cancel_code[16];
-    uint64_t deadline;        /* uv_hrtime() ns; 0 = none */
+    uint64_t deadline; /* uv_hrtime() ns; 0 = none */
     uint64_t resumed_at;
     int ok;
-    int result_ref;           /* {n=, ...} on success, the error otherwise */
+    int result_ref; /* {n=, ...} on success, the error otherwise */
     int observed;
-};
-
-struct join {
-    struct bm_wait w;
-    struct bm_task *target;
-    struct join *next;
-    int has_timer;
-    uv_timer_t timer;         /* the wait's own timeout, if has_timer */
-};
-
-struct timer_wait {
-    struct bm_wait w;
-    uv_timer_t timer;
 };
 
 static lua_State *g_L;
@@ -74,11 +61,11 @@ static struct bm_task *ready_head, *ready_tail;
 static unsigned long g_next_id = 1;
 static int g_closing;
 static int g_signal_handler_ref = LUA_NOREF;
-static volatile sig_atomic_t g_signal_raw;   /* set by the raw handler */
+static volatile sig_atomic_t g_signal_raw; /* set by the raw handler */
 static int g_signal_dispatched;
 
-static char SENTINEL_YIELD;   /* yielded by every host wait */
-static char SENTINEL_CANCEL;  /* resumed into a wait that was cancelled */
+static char SENTINEL_YIELD;  /* yielded by every host wait */
+static char SENTINEL_CANCEL; /* resumed into a wait that was cancelled */
 
 uv_loop_t *sched_loop(void) { return g_loop; }
 lua_State *sched_main_state(void) { return g_L; }
@@ -135,14 +122,18 @@ void sched_check_await(lua_State *L, const char *what)
 {
     struct bm_task *t = g_current;
     if (!t)
-        luaL_error(L, "%s must be called from a task (a runbook body, a "
+        luaL_error(L,
+                   "%s must be called from a task (a runbook body, a "
                    "script run by bomarun, or a function given to "
-                   "task.spawn)", what);
+                   "task.spawn)",
+                   what);
     if (!lua_isyieldable(L))
-        luaL_error(L, "%s cannot wait here: it was called from a "
+        luaL_error(L,
+                   "%s cannot wait here: it was called from a "
                    "non-yieldable context (a metamethod, a table.sort "
                    "comparator, a string.gsub callback or another C "
-                   "function); move the wait out of it", what);
+                   "function); move the wait out of it",
+                   what);
     if (t->cancelled)
         raise_cancel(L, t);
 }
@@ -188,6 +179,104 @@ void sched_complete(struct bm_wait *w, int nres)
     if (t->wait == w)
         t->wait = NULL;
     make_ready(t, nres);
+}
+
+/* --- waiters: in a list, with an optional timeout -------------------- */
+
+/* A task waiting for something (a task to finish, an event to be set): it
+ * sits in that thing's list until woken, and its timer, if it has one,
+ * ends the wait early with what on_timeout pushes.  A sleep is a waiter
+ * with a timer and no list. */
+struct waiter {
+    struct bm_wait w;
+    struct waiter **list; /* the list it is in, or NULL */
+    struct waiter *next;
+    void *what; /* the task or event waited for */
+    /* Pushes the timeout's results on co; returns their count. */
+    int (*on_timeout)(lua_State *co, struct waiter *wt);
+    int has_timer;
+    uv_timer_t timer;
+};
+
+static void waiter_closed(uv_handle_t *h) { free(h->data); }
+
+static void waiter_free(struct waiter *wt)
+{
+    if (wt->has_timer) {
+        uv_timer_stop(&wt->timer);
+        uv_close((uv_handle_t *)&wt->timer, waiter_closed);
+    } else {
+        free(wt);
+    }
+}
+
+static void waiter_unlink(struct waiter *wt)
+{
+    struct waiter **pp = wt->list;
+    while (pp && *pp && *pp != wt)
+        pp = &(*pp)->next;
+    if (pp && *pp)
+        *pp = wt->next;
+    wt->list = NULL;
+}
+
+static void waiter_cancel(struct bm_wait *w)
+{
+    struct waiter *wt = (struct waiter *)w;
+    waiter_unlink(wt);
+    waiter_free(wt);
+}
+
+static void waiter_timed_out(uv_timer_t *h)
+{
+    struct waiter *wt = h->data;
+    lua_State *co = sched_wait_state(&wt->w);
+    waiter_unlink(wt);
+    sched_complete(&wt->w, wt->on_timeout(co, wt));
+    uv_close((uv_handle_t *)h, waiter_closed);
+}
+
+/* Yields the current task as a waiter for `what` in *list (list NULL: in
+ * none), for at most `ms` if on_timeout is given.  `who` names the wait
+ * for an error. */
+static int waiter_await(lua_State *L, const char *who, struct waiter **list,
+                        void *what, uint64_t ms,
+                        int (*on_timeout)(lua_State *, struct waiter *))
+{
+    struct waiter *wt = calloc(1, sizeof *wt);
+    if (!wt)
+        return luaL_error(L, "%s: out of memory", who);
+    wt->w.cancel = waiter_cancel;
+    wt->what = what;
+    wt->on_timeout = on_timeout;
+    if (list) {
+        wt->list = list;
+        wt->next = *list;
+        *list = wt;
+    }
+    if (on_timeout) {
+        wt->has_timer = 1;
+        uv_timer_init(g_loop, &wt->timer);
+        wt->timer.data = wt;
+        bm_timer_start(&wt->timer, waiter_timed_out, ms, 0);
+    }
+    return sched_await(L, &wt->w);
+}
+
+/* Completes every waiter in *list with what push(co, arg) pushes. */
+static void waiters_wake(struct waiter **list,
+                         int (*push)(lua_State *co, void *arg), void *arg)
+{
+    struct waiter *wt = *list;
+    *list = NULL;
+    while (wt) {
+        struct waiter *next = wt->next;
+        lua_State *co = sched_wait_state(&wt->w);
+        wt->list = NULL;
+        sched_complete(&wt->w, push(co, arg));
+        waiter_free(wt);
+        wt = next;
+    }
 }
 
 /* --- resources a task owns ------------------------------------------ */
@@ -297,8 +386,8 @@ struct bm_task *sched_spawn(lua_State *L, int nargs, const char *name)
     t->locals_ref = LUA_NOREF;
     t->result_ref = LUA_NOREF;
     t->co = lua_newthread(L);
-    lua_insert(L, -(nargs + 2));          /* thread below fn and args */
-    lua_xmove(L, t->co, nargs + 1);       /* fn and args onto the thread */
+    lua_insert(L, -(nargs + 2));    /* thread below fn and args */
+    lua_xmove(L, t->co, nargs + 1); /* fn and args onto the thread */
     t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->nargs = nargs;
     pp = lua_newuserdatauv(L, sizeof *pp, 0);
@@ -316,57 +405,13 @@ struct bm_task *sched_spawn(lua_State *L, int nargs, const char *name)
 
 /* --- finishing ------------------------------------------------------ */
 
-static void join_closed(uv_handle_t *h) { free(h->data); }
+static int push_outcome(lua_State *L, struct bm_task *t);
 
-static void join_free(struct join *j)
-{
-    if (j->has_timer) {
-        uv_timer_stop(&j->timer);
-        uv_close((uv_handle_t *)&j->timer, join_closed);
-    } else {
-        free(j);
-    }
-}
-
-static void join_unlink(struct join *j)
-{
-    struct join **pp = &j->target->joiners;
-    while (*pp && *pp != j)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = j->next;
-}
+static int push_joined(lua_State *co, void *t) { return push_outcome(co, t); }
 
 static void wake_joiners(struct bm_task *t)
 {
-    struct join *j = t->joiners;
-    t->joiners = NULL;
-    while (j) {
-        struct join *next = j->next;
-        lua_State *co = sched_wait_state(&j->w);
-        int n = 1;
-        lua_pushboolean(co, t->ok);
-        lua_rawgeti(g_L, LUA_REGISTRYINDEX, t->result_ref);
-        if (t->ok) {
-            int i, cnt;
-            lua_getfield(g_L, -1, "n");
-            cnt = (int)lua_tointeger(g_L, -1);
-            lua_pop(g_L, 1);
-            lua_checkstack(co, cnt + 2);
-            for (i = 1; i <= cnt; i++)
-                lua_rawgeti(g_L, -1 - (i - 1), i);
-            lua_xmove(g_L, co, cnt);
-            lua_pop(g_L, 1);
-            n += cnt;
-        } else {
-            lua_xmove(g_L, co, 1);
-            n++;
-        }
-        t->observed = 1;
-        sched_complete(&j->w, n);
-        join_free(j);
-        j = next;
-    }
+    waiters_wake(&t->joiners, push_joined, t);
 }
 
 static int is_cancel_error(lua_State *L, int i)
@@ -408,9 +453,10 @@ static void warn_unobserved(struct bm_task *t)
     int top = lua_gettop(g_L);
     lua_rawgeti(g_L, LUA_REGISTRYINDEX, t->result_ref);
     if (!is_cancel_error(g_L, -1))
-        fprintf(stderr, "bomarun: task %lu%s%s%s failed and nobody is "
-                "waiting on it: %s\n", t->id, t->name[0] ? " (" : "",
-                t->name, t->name[0] ? ")" : "",
+        fprintf(stderr,
+                "bomarun: task %lu%s%s%s failed and nobody is "
+                "waiting on it: %s\n",
+                t->id, t->name[0] ? " (" : "", t->name, t->name[0] ? ")" : "",
                 luaL_tolstring(g_L, -1, NULL));
     lua_settop(g_L, top);
 }
@@ -429,7 +475,7 @@ static void finish(struct bm_task *t, int ok, int nres)
         lua_setfield(g_L, -2, "n");
     } else {
         take_error(t);
-        lua_resetthread(t->co);   /* close pending to-be-closed variables */
+        lua_resetthread(t->co); /* close pending to-be-closed variables */
     }
     t->result_ref = luaL_ref(g_L, LUA_REGISTRYINDEX);
     t->ok = ok;
@@ -469,18 +515,17 @@ static void resume_task(struct bm_task *t)
     st = lua_resume(t->co, g_L, nargs, &nres);
     g_current = NULL;
     if (st == LUA_YIELD) {
-        int host = nres == 1 &&
-                   lua_touserdata(t->co, -1) == &SENTINEL_YIELD;
+        int host = nres == 1 && lua_touserdata(t->co, -1) == &SENTINEL_YIELD;
         lua_pop(t->co, nres);
         if (host && t->state == T_RUNNING) {
             t->state = T_WAITING;
             return;
         }
-        if (host)   /* completed (or cancelled) before it yielded */
+        if (host) /* completed (or cancelled) before it yielded */
             return;
         lua_pushstring(t->co, "coroutine.yield was called outside any "
-                       "coroutine of this task: tasks wait with the "
-                       "bomarun.task functions, not by yielding");
+                              "coroutine of this task: tasks wait with the "
+                              "bomarun.task functions, not by yielding");
         finish(t, 0, 0);
     } else if (st == LUA_OK) {
         finish(t, 1, nres);
@@ -509,15 +554,19 @@ static void count_hook(lua_State *L, lua_Debug *ar)
         return;
     now = uv_hrtime();
     if (t->deadline && now > t->deadline) {
-        push_cancel_error(L, "timed out while running Lua code that never "
-                          "waited (a runaway loop?)", "TIMEOUT");
+        push_cancel_error(L,
+                          "timed out while running Lua code that never "
+                          "waited (a runaway loop?)",
+                          "TIMEOUT");
         lua_error(L);
     }
     if (g_signal_raw && !g_signal_dispatched &&
         now - t->resumed_at > 500000000ull) {
         g_signal_dispatched = 1;
-        push_cancel_error(L, "interrupted while running Lua code that "
-                          "never waited (a runaway loop?)", "INTERRUPTED");
+        push_cancel_error(L,
+                          "interrupted while running Lua code that "
+                          "never waited (a runaway loop?)",
+                          "INTERRUPTED");
         lua_error(L);
     }
 }
@@ -542,27 +591,20 @@ void sched_on_signal(int signum, int count)
         }
     }
     if (g_main)
-        sched_cancel(g_main, signum == SIGINT ? "interrupted (SIGINT)"
-                     : "terminated (SIGTERM)", "INTERRUPTED");
+        sched_cancel(g_main,
+                     signum == SIGINT ? "interrupted (SIGINT)"
+                                      : "terminated (SIGTERM)",
+                     "INTERRUPTED");
     g_signal_dispatched = 0;
 }
 
-/* --- timers: sleep and join timeouts -------------------------------- */
+/* --- sleeping ------------------------------------------------------- */
 
-static void timer_closed(uv_handle_t *h) { free(h->data); }
-
-static void timer_fired(uv_timer_t *h)
+static int sleep_over(lua_State *co, struct waiter *wt)
 {
-    struct timer_wait *tw = h->data;
-    sched_complete(&tw->w, 0);
-    uv_close((uv_handle_t *)h, timer_closed);
-}
-
-static void sleep_cancel(struct bm_wait *w)
-{
-    struct timer_wait *tw = (struct timer_wait *)w;
-    uv_timer_stop(&tw->timer);
-    uv_close((uv_handle_t *)&tw->timer, timer_closed);
+    (void)co;
+    (void)wt;
+    return 0;
 }
 
 static uint64_t to_ms(lua_State *L, int i)
@@ -579,17 +621,9 @@ static uint64_t to_ms(lua_State *L, int i)
 static int l_sched_sleep(lua_State *L)
 {
     uint64_t ms = to_ms(L, 1);
-    struct timer_wait *tw;
     sched_check_await(L, "task.sleep");
-    tw = calloc(1, sizeof *tw);
-    if (!tw)
-        return luaL_error(L, "task.sleep: out of memory");
-    tw->w.cancel = sleep_cancel;
-    uv_timer_init(g_loop, &tw->timer);
-    tw->timer.data = tw;
-    bm_timer_start(&tw->timer, timer_fired, ms, 0);
     lua_settop(L, 0);
-    return sched_await(L, &tw->w);
+    return waiter_await(L, "task.sleep", NULL, NULL, ms, sleep_over);
 }
 
 /* yield() -> ; lets every other ready task run first */
@@ -597,32 +631,23 @@ static int l_sched_yield(lua_State *L)
 {
     sched_check_await(L, "task.yield");
     lua_settop(L, 0);
-    make_ready(g_current, 0);   /* completed before the yield */
+    make_ready(g_current, 0); /* completed before the yield */
     return yield_to_sched(L);
 }
 
 /* --- task handles ---------------------------------------------------- */
 
-static void join_cancel(struct bm_wait *w)
+static int join_timed_out(lua_State *co, struct waiter *wt)
 {
-    struct join *j = (struct join *)w;
-    join_unlink(j);
-    join_free(j);
-}
-
-static void join_timed_out(uv_timer_t *h)
-{
-    struct join *j = h->data;
-    lua_State *co = sched_wait_state(&j->w);
-    join_unlink(j);
+    struct bm_task *t = wt->what;
     lua_pushnil(co);
-    lua_pushfstring(co, "task %d%s%s%s is still running after the wait's "
-                    "timeout", (int)j->target->id, j->target->name[0] ?
-                    " (" : "", j->target->name, j->target->name[0] ? ")" :
-                    "");
+    lua_pushfstring(co,
+                    "task %d%s%s%s is still running after the wait's "
+                    "timeout",
+                    (int)t->id, t->name[0] ? " (" : "", t->name,
+                    t->name[0] ? ")" : "");
     lua_pushliteral(co, "TIMEOUT");
-    sched_complete(&j->w, 3);
-    uv_close((uv_handle_t *)h, join_closed);
+    return 3;
 }
 
 /* Pushes ok, results... (or false, err) of a finished task; returns count. */
@@ -648,7 +673,6 @@ static int push_outcome(lua_State *L, struct bm_task *t)
 static int l_task_wait(lua_State *L)
 {
     struct bm_task *t = check_task(L, 1);
-    struct join *j;
     int timed = !lua_isnoneornil(L, 2);
     uint64_t ms = timed ? to_ms(L, 2) : 0;
     if (t->state == T_DONE)
@@ -656,21 +680,9 @@ static int l_task_wait(lua_State *L)
     sched_check_await(L, "task:wait");
     if (t == g_current)
         return luaL_error(L, "task:wait: a task cannot wait for itself");
-    j = calloc(1, sizeof *j);
-    if (!j)
-        return luaL_error(L, "task:wait: out of memory");
-    j->w.cancel = join_cancel;
-    j->target = t;
-    j->next = t->joiners;
-    t->joiners = j;
-    if (timed) {
-        j->has_timer = 1;
-        uv_timer_init(g_loop, &j->timer);
-        j->timer.data = j;
-        bm_timer_start(&j->timer, join_timed_out, ms, 0);
-    }
     lua_settop(L, 0);
-    return sched_await(L, &j->w);
+    return waiter_await(L, "task:wait", &t->joiners, t, ms,
+                        timed ? join_timed_out : NULL);
 }
 
 /* t:cancel([reason [, code]]) -> */
@@ -862,58 +874,19 @@ static int l_cancel_tostring(lua_State *L)
 
 #define EVENT_MT "bomarun.event"
 
-struct event_wait {
-    struct bm_wait w;
-    struct event *ev;
-    struct event_wait *next;
-    int has_timer;
-    uv_timer_t timer;
-};
-
 struct event {
     int set;
-    int values_ref;            /* {n=, ...} given to set() */
-    struct event_wait *waiters;
+    int values_ref; /* {n=, ...} given to set() */
+    struct waiter *waiters;
 };
 
-static void event_wait_closed(uv_handle_t *h) { free(h->data); }
-
-static void event_wait_free(struct event_wait *ew)
+static int event_timed_out(lua_State *co, struct waiter *wt)
 {
-    if (ew->has_timer) {
-        uv_timer_stop(&ew->timer);
-        uv_close((uv_handle_t *)&ew->timer, event_wait_closed);
-    } else {
-        free(ew);
-    }
-}
-
-static void event_unlink(struct event_wait *ew)
-{
-    struct event_wait **pp = &ew->ev->waiters;
-    while (*pp && *pp != ew)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = ew->next;
-}
-
-static void event_wait_cancel(struct bm_wait *w)
-{
-    struct event_wait *ew = (struct event_wait *)w;
-    event_unlink(ew);
-    event_wait_free(ew);
-}
-
-static void event_timed_out(uv_timer_t *h)
-{
-    struct event_wait *ew = h->data;
-    lua_State *co = sched_wait_state(&ew->w);
-    event_unlink(ew);
+    (void)wt;
     lua_pushnil(co);
     lua_pushliteral(co, "the event was not set before the wait's timeout");
     lua_pushliteral(co, "TIMEOUT");
-    sched_complete(&ew->w, 3);
-    uv_close((uv_handle_t *)h, event_wait_closed);
+    return 3;
 }
 
 /* Pushes true, values... of a set event; returns the count. */
@@ -932,6 +905,11 @@ static int push_event_values(lua_State *L, struct event *ev)
     return n + 1;
 }
 
+static int push_set_values(lua_State *co, void *ev)
+{
+    return push_event_values(co, ev);
+}
+
 /* event() -> event */
 static int l_sched_event(lua_State *L)
 {
@@ -946,27 +924,14 @@ static int l_sched_event(lua_State *L)
 static int l_event_wait(lua_State *L)
 {
     struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
-    struct event_wait *ew;
     int timed = !lua_isnoneornil(L, 2);
     uint64_t ms = timed ? to_ms(L, 2) : 0;
     if (ev->set)
         return push_event_values(L, ev);
     sched_check_await(L, "event:wait");
-    ew = calloc(1, sizeof *ew);
-    if (!ew)
-        return luaL_error(L, "event:wait: out of memory");
-    ew->w.cancel = event_wait_cancel;
-    ew->ev = ev;
-    ew->next = ev->waiters;
-    ev->waiters = ew;
-    if (timed) {
-        ew->has_timer = 1;
-        uv_timer_init(g_loop, &ew->timer);
-        ew->timer.data = ew;
-        bm_timer_start(&ew->timer, event_timed_out, ms, 0);
-    }
-    lua_settop(L, 1);   /* the event stays referenced while waited on */
-    return sched_await(L, &ew->w);
+    lua_settop(L, 1); /* the event stays referenced while waited on */
+    return waiter_await(L, "event:wait", &ev->waiters, ev, ms,
+                        timed ? event_timed_out : NULL);
 }
 
 /* ev:set(values...) -> ; wakes every waiter (and later waits return at
@@ -975,7 +940,6 @@ static int l_event_set(lua_State *L)
 {
     struct event *ev = luaL_checkudata(L, 1, EVENT_MT);
     int n = lua_gettop(L) - 1, i;
-    struct event_wait *ew;
     lua_createtable(L, n, 1);
     for (i = 1; i <= n; i++) {
         lua_pushvalue(L, i + 1);
@@ -986,15 +950,7 @@ static int l_event_set(lua_State *L)
     luaL_unref(L, LUA_REGISTRYINDEX, ev->values_ref);
     ev->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     ev->set = 1;
-    ew = ev->waiters;
-    ev->waiters = NULL;
-    while (ew) {
-        struct event_wait *next = ew->next;
-        lua_State *co = sched_wait_state(&ew->w);
-        sched_complete(&ew->w, push_event_values(co, ev));
-        event_wait_free(ew);
-        ew = next;
-    }
+    waiters_wake(&ev->waiters, push_set_values, ev);
     return 0;
 }
 
@@ -1022,14 +978,17 @@ static int l_event_gc(lua_State *L)
     return 0;
 }
 
+/* clang-format off */
 static const luaL_Reg event_methods[] = {
     {"wait", l_event_wait},
     {"set", l_event_set},
     {"clear", l_event_clear},
     {"is_set", l_event_is_set},
-    {NULL, NULL}
+    {NULL, NULL},
 };
+/* clang-format on */
 
+/* clang-format off */
 static const luaL_Reg task_methods[] = {
     {"wait", l_task_wait},
     {"cancel", l_task_cancel},
@@ -1040,13 +999,14 @@ static const luaL_Reg task_methods[] = {
     {"locals", l_task_locals},
     {"set_deadline", l_task_set_deadline},
     {"cancelled", l_task_cancelled},
-    {NULL, NULL}
+    {NULL, NULL},
 };
+/* clang-format on */
 
 static const luaL_Reg task_meta[] = {
     {"__gc", l_task_gc},
     {"__tostring", l_task_tostring},
-    {NULL, NULL}
+    {NULL, NULL},
 };
 
 static const luaL_Reg sched_funcs[] = {
@@ -1060,7 +1020,7 @@ static const luaL_Reg sched_funcs[] = {
     {"cancel_error", l_sched_cancel_error},
     {"cancel_code", l_sched_cancel_code},
     {"event", l_sched_event},
-    {NULL, NULL}
+    {NULL, NULL},
 };
 
 int luaopen_bomarun__sched(lua_State *L)
@@ -1096,10 +1056,7 @@ void sched_init(lua_State *L, uv_loop_t *loop)
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_COUNT);
 }
 
-static int live_tasks_exist(void)
-{
-    return ready_head != NULL;
-}
+static int live_tasks_exist(void) { return ready_head != NULL; }
 
 int sched_run_main(lua_State *L, int nargs)
 {
@@ -1116,8 +1073,10 @@ int sched_run_main(lua_State *L, int nargs)
         alive = uv_run(g_loop, UV_RUN_ONCE);
         if (!alive && !live_tasks_exist() && g_main->state != T_DONE) {
             /* Nothing can ever wake the waiting tasks. */
-            sched_cancel(g_main, "deadlock: every task is waiting and "
-                         "nothing can wake them", "DEADLOCK");
+            sched_cancel(g_main,
+                         "deadlock: every task is waiting and "
+                         "nothing can wake them",
+                         "DEADLOCK");
         }
     }
     ok = g_main->ok;

@@ -145,6 +145,48 @@ describe("proc", function()
     assert.is_true(wait_dead(pid, 3), "the spawned process " .. pid .. " outlived its task")
   end)
 
+  describe("a handle in a <close> variable", function()
+    -- Whether anything is left in the process group (a zombie counts until
+    -- the loop reaps it).
+    local function group_alive(pgid)
+      return proc.run{shell = "kill -0 -" .. pgid .. " 2>/dev/null", quiet = true}.code == 0
+    end
+
+    local function wait_group_dead(pgid, seconds)
+      local t0 = task.now()
+      while task.now() - t0 < seconds do
+        if not group_alive(pgid) then return true end
+        task.sleep(0.02)
+      end
+      return false
+    end
+
+    it("kills the process group and closes the handle when the block ends", function()
+      local pid, handle
+      do
+        local p <close> = assert(proc.spawn{argv = {"sleep", "300"}})
+        pid, handle = p:pid(), p
+        assert.is_true(group_alive(pid))
+      end
+      assert.is_true(wait_group_dead(pid, 1), "group " .. pid .. " outlived its <close> block")
+      assert.equal("proc (closed)", tostring(handle))
+      assert.has_error(function() handle:pid() end, "proc: the handle is closed")
+    end)
+
+    it("does the same when the block ends by an error", function()
+      local pid
+      local ok, err = pcall(function()
+        local p <close> = assert(proc.spawn{argv = {"sleep", "300"}})
+        pid = p:pid()
+        error("boom")
+      end)
+      assert.is_false(ok)
+      assert.matches("boom", err)
+      assert.is_number(pid)
+      assert.is_true(wait_group_dead(pid, 1), "group " .. pid .. " outlived its <close> block")
+    end)
+  end)
+
   it("runs many processes concurrently", function()
     local fns = {}
     for k = 1, 40 do fns[k] = function() return proc.run{argv = {"sh", "-c", "echo " .. k}}.stdout end end

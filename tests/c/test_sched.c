@@ -55,7 +55,8 @@ static void expect(const char *name, const char *code, const char *want)
         printf("ok - %s\n", name);
     } else {
         failures++;
-        printf("not ok - %s\n#   want substring: %s\n#   got: %s\n", name, want, got);
+        printf("not ok - %s\n#   want substring: %s\n#   got: %s\n", name, want,
+               got);
     }
 }
 
@@ -63,11 +64,15 @@ int main(void)
 {
     expect("sleeps wake in deadline order",
            "local order = {}\n"
-           "local a = sched.spawn(function() sched.sleep(0.06) order[#order+1] = 'a' end)\n"
-           "local b = sched.spawn(function() sched.sleep(0.02) order[#order+1] = 'b' end)\n"
-           "local c = sched.spawn(function() sched.sleep(0.04) order[#order+1] = 'c' end)\n"
+           "local a = sched.spawn(function() sched.sleep(0.06) "
+           "order[#order+1] = 'a' end)\n"
+           "local b = sched.spawn(function() sched.sleep(0.02) "
+           "order[#order+1] = 'b' end)\n"
+           "local c = sched.spawn(function() sched.sleep(0.04) "
+           "order[#order+1] = 'c' end)\n"
            "a:wait() b:wait() c:wait()\n"
-           "return table.concat(order)", "bca");
+           "return table.concat(order)",
+           "bca");
     expect("sleeps overlap: three 100 ms sleeps take ~100 ms",
            "local t0 = sched.now()\n"
            "local ts = {}\n"
@@ -77,21 +82,26 @@ int main(void)
            "return (d >= 0.095 and d < 0.25) and 'overlap' or ('took ' .. d)",
            "overlap");
     expect("wait returns the task's results",
-           "local t = sched.spawn(function(x, y) sched.yield() return x + y, 'z' end, 2, 3)\n"
+           "local t = sched.spawn(function(x, y) sched.yield() "
+           "return x + y, 'z' end, 2, 3)\n"
            "local ok, v, z = t:wait()\n"
-           "return tostring(ok) .. ' ' .. v .. z", "true 5z");
+           "return tostring(ok) .. ' ' .. v .. z",
+           "true 5z");
     expect("an error reaches the waiter with a traceback",
            "local t = sched.spawn(function() error('boom') end)\n"
            "local ok, err = t:wait()\n"
-           "return tostring(ok) .. ' ' .. err", "false [string");
-    expect("cancel reaches an in-flight sleep at once",
-           "local t = sched.spawn(function() sched.sleep(30) return 'slept' end)\n"
-           "sched.sleep(0.01)\n"
-           "local t0 = sched.now()\n"
-           "t:cancel('stop', 'CANCELLED')\n"
-           "local ok, err = t:wait()\n"
-           "return t:status() .. ' ' .. sched.cancel_code(err) .. ' ' .. "
-           "tostring(sched.now() - t0 < 0.05)", "cancelled CANCELLED true");
+           "return tostring(ok) .. ' ' .. err",
+           "false [string");
+    expect(
+        "cancel reaches an in-flight sleep at once",
+        "local t = sched.spawn(function() sched.sleep(30) return 'slept' end)\n"
+        "sched.sleep(0.01)\n"
+        "local t0 = sched.now()\n"
+        "t:cancel('stop', 'CANCELLED')\n"
+        "local ok, err = t:wait()\n"
+        "return t:status() .. ' ' .. sched.cancel_code(err) .. ' ' .. "
+        "tostring(sched.now() - t0 < 0.05)",
+        "cancelled CANCELLED true");
     expect("cancel propagates to children",
            "local child\n"
            "local parent = sched.spawn(function()\n"
@@ -102,7 +112,8 @@ int main(void)
            "parent:cancel()\n"
            "parent:wait()\n"
            "sched.yield()\n"
-           "return child:status()", "cancelled");
+           "return child:status()",
+           "cancelled");
     expect("a finished task cancels the children it left running",
            "local child\n"
            "local parent = sched.spawn(function()\n"
@@ -110,49 +121,60 @@ int main(void)
            "end)\n"
            "parent:wait()\n"
            "local ok, err = child:wait()\n"
-           "return child:status()", "cancelled");
-    expect("a wait with a timeout returns TIMEOUT and leaves the task running",
-           "local t = sched.spawn(function() sched.sleep(0.2) return 'late' end)\n"
-           "local r1, _, code = t:wait(0.02)\n"
-           "local ok, v = t:wait()\n"
-           "return tostring(r1) .. ' ' .. code .. ' ' .. v", "nil TIMEOUT late");
+           "return child:status()",
+           "cancelled");
+    expect(
+        "a wait with a timeout returns TIMEOUT and leaves the task running",
+        "local t = sched.spawn(function() sched.sleep(0.2) return 'late' end)\n"
+        "local r1, _, code = t:wait(0.02)\n"
+        "local ok, v = t:wait()\n"
+        "return tostring(r1) .. ' ' .. code .. ' ' .. v",
+        "nil TIMEOUT late");
     expect("the count hook stops a runaway loop past its deadline",
            "local t = sched.spawn(function() while true do end end)\n"
            "t:set_deadline(0.1)\n"
            "local ok, err = t:wait()\n"
-           "return sched.cancel_code(err)", "TIMEOUT");
+           "return sched.cancel_code(err)",
+           "TIMEOUT");
     expect("a wait from a non-yieldable context is a clear error",
            "local ok, err = pcall(table.sort, {3, 2, 1}, function(a, b) "
            "sched.sleep(0) return a < b end)\n"
-           "return err", "non-yieldable context");
+           "return err",
+           "non-yieldable context");
     expect("a yield outside any coroutine fails that task, not the host",
            "local t = sched.spawn(function() coroutine.yield(1) end)\n"
            "local ok, err = t:wait()\n"
-           "return err", "coroutine.yield was called outside");
+           "return err",
+           "coroutine.yield was called outside");
     expect("tasks waiting on each other are a detected deadlock, not a hang",
            "local a, b\n"
            "a = sched.spawn(function() sched.yield() return b:wait() end)\n"
            "b = sched.spawn(function() sched.yield() return a:wait() end)\n"
-           "return a:wait()", "error: deadlock");
-    expect("a task cannot wait for itself",
-           "local a\n"
-           "a = sched.spawn(function() sched.sleep(0) local me = sched.current() "
-           "return me end)\n"
-           "local b = sched.spawn(function() return select(2, a:wait()) end)\n"
-           "local c\n"
-           "c = sched.spawn(function() c:wait() end)\n"
-           "return 'no deadlock: ' .. tostring(select(2, c:wait()))",
-           "cannot wait for itself");
+           "return a:wait()",
+           "error: deadlock");
+    expect(
+        "a task cannot wait for itself",
+        "local a\n"
+        "a = sched.spawn(function() sched.sleep(0) local me = sched.current() "
+        "return me end)\n"
+        "local b = sched.spawn(function() return select(2, a:wait()) end)\n"
+        "local c\n"
+        "c = sched.spawn(function() c:wait() end)\n"
+        "return 'no deadlock: ' .. tostring(select(2, c:wait()))",
+        "cannot wait for itself");
     expect("proc.run kills a timed-out process group",
-           "local r, msg, code = proc.run{argv = {'sh', '-c', 'sleep 30 & sleep 30'}, "
+           "local r, msg, code = proc.run{"
+           "argv = {'sh', '-c', 'sleep 30 & sleep 30'}, "
            "timeout = 0.2, grace = 0.2}\n"
-           "return code .. ' ' .. tostring(r)", "TIMEOUT nil");
+           "return code .. ' ' .. tostring(r)",
+           "TIMEOUT nil");
     expect("tasks never started are cancelled without running",
            "local ran = false\n"
            "local t = sched.spawn(function() ran = true end)\n"
            "t:cancel()\n"
            "t:wait()\n"
-           "return tostring(ran) .. ' ' .. t:status()", "false cancelled");
+           "return tostring(ran) .. ' ' .. t:status()",
+           "false cancelled");
     printf("1..%d\n", passes + failures);
     printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;
