@@ -85,7 +85,8 @@ end
 -- The schedule: measured start/finish next to the ideal schedule (the same
 -- scheduler on the measured CI durations, no overheads), in scaled seconds.
 print("")
-print(string.format("dag: schedule in scaled seconds (divide by %g for CI seconds); ideal = the same scheduler simulated on the CI durations", scale))
+print(string.format("dag: schedule in scaled seconds (divide by %g for CI seconds); " ..
+  "ideal = the same scheduler simulated on the CI durations", scale))
 local by_name = {}
 for _, c in ipairs(data.components) do by_name[c.name] = c end
 print(string.format("  %-32s %-16s %8s %8s %8s %8s %8s", "component", "resources", "start", "finish",
@@ -121,9 +122,11 @@ else
   print(string.format("dag: sequential %d s -> %.2f s scaled; sum of the measured durations in this run: %.2f s",
     data.sum_of_durations_s, seq_sum, report.sum_durations))
 end
-print(string.format("dag: parallelism %.2fx (sum of measured durations / makespan); %.2fx for the CI durations at the lower bound",
+print(string.format("dag: parallelism %.2fx (sum of measured durations / makespan); " ..
+  "%.2fx for the CI durations at the lower bound",
   report.parallelism, data.sum_of_durations_s / data.lower_bound_s))
 print(string.format("dag: makespan %.2f s is %s the 5%% bar (%s over the lower bound)",
   report.makespan, report.makespan <= bound * 1.05 and "WITHIN" or "OVER", pct(report.makespan, bound)))
-print(string.format("dag: makespan %.2f s vs lower bound %.2f s (%s); critical path (no caps) %.2f s; sequential %s; %.2fx faster than sequential",
+print(string.format("dag: makespan %.2f s vs lower bound %.2f s (%s); critical path (no caps) %.2f s; " ..
+  "sequential %s; %.2fx faster than sequential",
   report.makespan, bound, pct(report.makespan, bound), cp_nocaps, seq_label, seq_sum / report.makespan))

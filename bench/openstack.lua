@@ -16,7 +16,6 @@ local common = dofile(bench_dir .. "/common.lua")
 common.name = "openstack"
 
 local openstack = require "bomarun.openstack"
-local proc = require "bomarun.proc"
 local task = require "bomarun.task"
 local host = require "bomarun._host"
 
@@ -96,7 +95,7 @@ local function main()
     end
     local fns = {}
     for k = 1, LBS do fns[k] = function() return h.loadbalancer:wait_active(lbs[k], {timeout = 600, interval = 1,
-      on_attempt = function() end}) end end
+      quiet = true}) end end
     task.parallel(fns)
     local created = task.now() - t0
     local rounds = {}

@@ -46,7 +46,7 @@ local function bomarun_batch(n, p)
   return wall, common.median(each)
 end
 
-local function xargs_batch(n, p, input)
+local function xargs_batch(_, p, input)
   local r = common.run_ok("xargs", {argv = {"xargs", "-P", tostring(p), "-I{}", "true"}, stdin = input})
   return r.duration
 end

@@ -6,12 +6,14 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git
   liblua5.4-dev lua5.4 libuv1-dev libjansson-dev libssh2-1-dev libcurl4-openssl-dev
+  libssl-dev          # libcrypto: digests, base64, keys and CSRs (bomarun._crypto)
   lua-yaml            # lyaml: clouds.yaml, inline Ansible plays
   openssh-server openssh-client   # the ssh tests' real sshd, the ssh benchmark
   python3             # the silent-listener fault test
   lua-busted          # the spec runner (run inside the bomarun host)
   procps              # ps/pgrep for the process-group tests
   ansible-core        # bomarun.ansible, and the benchmarks' comparison
+  lua-check clang-format cppcheck   # scripts/lint
 )
 
 missing=()

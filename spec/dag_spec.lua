@@ -8,7 +8,6 @@ local task = require "bomarun.task"
 local util = require "support.util"
 local read, write, wait_for, alive = util.read, util.write, util.wait_for, util.pid_alive
 local function tmpdir() return util.tmpdir(finally) end
-local host = require "bomarun._host"
 
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
 local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
@@ -136,6 +135,7 @@ describe("dag validation", function()
     g = dag.new{}
     g:add{name = "self", depends_on = {"self"}, run = function() end}
     ok, err = pcall(g.validate, g)
+    assert.is_false(ok)
     assert.matches("dependency cycle: self -> self", err, 1, true)
   end)
 
@@ -145,10 +145,13 @@ describe("dag validation", function()
     assert.is_false(ok)
     assert.matches("component 'big': needs 7 of resource 'k8s-api' but its cap is 6", err, 1, true)
     ok, err = pcall(g.add, g, {name = "typo", resources = {"aptt"}, run = function() end})
+    assert.is_false(ok)
     assert.matches("resource 'aptt' has no cap", err, 1, true)
     ok, err = pcall(g.add, g, {name = "pre", run = function() end, pre = function() end, pre_resources = {apt = 2}})
+    assert.is_false(ok)
     assert.matches("component 'pre' %(pre%): needs 2 of resource 'apt' but its cap is 1", err)
     ok, err = pcall(dag.new, {caps = {apt = 0}})
+    assert.is_false(ok)
     assert.matches("cap of resource 'apt' must be an integer >= 1", err, 1, true)
   end)
 
@@ -159,12 +162,16 @@ describe("dag validation", function()
     assert.is_false(ok)
     assert.matches("unknown mode 'fast'", err, 1, true)
     ok, err = pcall(g.run, g, {concurrency = 0})
+    assert.is_false(ok)
     assert.matches("concurrency must be an integer >= 1", err, 1, true)
     ok, err = pcall(g.run, g, {concurency = 2})
+    assert.is_false(ok)
     assert.matches("unknown field 'concurency'", err, 1, true)
     ok, err = pcall(g.add, g, {name = "b", dependson = {"a"}, run = function() end})
+    assert.is_false(ok)
     assert.matches("component 'b': unknown field 'dependson'", err, 1, true)
     ok, err = pcall(g.add, g, {name = "c"})
+    assert.is_false(ok)
     assert.matches("component 'c' needs run = function", err, 1, true)
   end)
 

@@ -4,7 +4,6 @@ local http = require "bomarun.http"
 local json = require "bomarun.json"
 local proc = require "bomarun.proc"
 local task = require "bomarun.task"
-local host = require "bomarun._host"
 
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
 local server, base

@@ -5,7 +5,6 @@
 local openstack = require "bomarun.openstack"
 local json = require "bomarun.json"
 local proc = require "bomarun.proc"
-local task = require "bomarun.task"
 local host = require "bomarun._host"
 local util = require "support.util"
 

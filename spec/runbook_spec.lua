@@ -39,8 +39,10 @@ describe("runbook language", function()
     assert.is_false(ok)
     assert.matches("duplicate id '1'", err.message)
     ok, err = pcall(runbook.item, {"I", "no body, no status"})
+    assert.is_false(ok)
     assert.matches("needs a body function, outstanding", err.message)
     ok, err = pcall(runbook.new, {title = "no id"})
+    assert.is_false(ok)
     assert.matches("needs an id", err.message)
   end)
 end)
@@ -177,7 +179,6 @@ describe("poll", function()
   end)
 
   it("journals the callee's message for s:poll in a runbook", function()
-    local util = require "support.util"
     local d = util.tmpdir(finally)
     util.write(d .. "/rb.lua", [[
       local runbook = require "bomarun.runbook"
@@ -199,7 +200,6 @@ describe("poll", function()
   end)
 
   it("cleanup handles: h:run() undoes now, h:done() discharges; neither runs again at the end", function()
-    local util = require "support.util"
     local d = util.tmpdir(finally)
     util.write(d .. "/rb.lua", [[
       local runbook = require "bomarun.runbook"
@@ -241,6 +241,36 @@ describe("poll", function()
     assert.matches("FAILED%s+remove E", summary)
   end)
 
+  it("journals the waits of modules (ssh readiness) in a step: one progress path", function()
+    local d = util.tmpdir(finally)
+    util.write(d .. "/rb.lua", [[
+      local runbook = require "bomarun.runbook"
+      local ssh = require "bomarun.ssh"
+      return runbook{id = "modwait", title = "t",
+        runbook.step{"1", "wait", function(s)
+          local _, err = ssh.wait_for_port{host = "127.0.0.1", port = 9, timeout = 0.6, interval = 0.2}
+          s:check(err ~= nil, "port 9 stays closed")
+        end}}
+    ]])
+    local bin = os.getenv("BOMARUN_BIN") or "build/bomarun"
+    local r = assert(require("bomarun.proc").run{argv = {bin, d .. "/rb.lua", "--run-dir", d .. "/runs"}, timeout = 30})
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local ev = assert(require("bomarun.proc").run{shell = "cat " .. d .. "/runs/*/events.jsonl"}).stdout
+    local attempts, outcome = 0, nil
+    for line in ev:gmatch("[^\n]+") do
+      local e = require("bomarun.json").decode(line)
+      if e.type == "poll" and e.what == "port 127.0.0.1:9" then
+        assert.equal("1", e.step)
+        attempts = attempts + 1
+        outcome = e.outcome or outcome
+      end
+    end
+    assert.is_true(attempts >= 2, "poll events: " .. attempts)
+    assert.equal("timeout", outcome)
+    local steplog = assert(require("bomarun.proc").run{shell = "cat " .. d .. "/runs/*/steps/01-1.log"}).stdout
+    assert.matches("poll port 127.0.0.1:9: attempt 1", steplog, 1, true)
+  end)
+
   it("bounds an attempt that hangs by the poll's deadline", function()
     local t0 = task.now()
     local v, _, code = poll.run{function() task.sleep(60) return "never" end, ok = {"x"}, timeout = 0.2}
@@ -256,7 +286,8 @@ describe("reports", function()
       {type = "run_start", t = 100, run_id = "r1", runbook = {id = "rb", title = "T", decisions = {"D-1"}},
        plan = {{kind = "step", id = "1", title = "one", phase = "P"},
                {kind = "acceptance", id = "D-1", title = "bar",
-                items = {{id = "D-1.1", title = "i1"}, {id = "D-1.2", title = "i2", deferred = {decision = "D-9", reason = "later"}}}}}},
+                items = {{id = "D-1.1", title = "i1"},
+                         {id = "D-1.2", title = "i2", deferred = {decision = "D-9", reason = "later"}}}}}},
       {type = "step_start", t = 101, id = "1"},
       {type = "gate", t = 101, step = "1", ok = true, message = "g <ok> & fine"},
       {type = "step_end", t = 102, id = "1", status = "PASS", duration = 1},

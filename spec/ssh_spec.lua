@@ -5,7 +5,6 @@ local sshd = require "sshd"
 local ssh = require "bomarun.ssh"
 local task = require "bomarun.task"
 local proc = require "bomarun.proc"
-local secret = require "bomarun.secret"
 local host = require "bomarun._host"
 local util = require "support.util"
 local read, write = util.read, util.write

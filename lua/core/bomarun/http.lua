@@ -66,6 +66,7 @@ end
 
 --- Decode a JSON response body (nil, err when it is not JSON).
 ---@param r bomarun.HttpResponse
+---@return bomarun.json.value|nil value, string|nil err, string|nil code
 function M.json(r)
   if not r.body or r.body == "" then return nil, "empty body" end
   return json.decode(r.body)

@@ -17,14 +17,19 @@ local in_place = false   -- a progress line is showing and will be overwritten
 M.tty = tty
 
 --- Whether console output may use colour (a terminal, and no NO_COLOR).
+---@return boolean
 function M.colour() return colour end
+--- Turn console colour on or off (--no-color turns it off).
+---@param on any  truthy: colour on
+---@return nil    (returns nothing)
 function M.set_colour(on) colour = on and true or false end
 
 local codes = {red = "31", green = "32", yellow = "33", blue = "34", grey = "90", bold = "1"}
 
 --- Wrap s in an ANSI colour when colour is on.
----@param name string
+---@param name "red"|"green"|"yellow"|"blue"|"grey"|"bold"|string  an unknown name leaves s as it is
 ---@param s string
+---@return string
 function M.paint(name, s)
   if not colour or not codes[name] then return s end
   return "\27[" .. codes[name] .. "m" .. s .. "\27[0m"

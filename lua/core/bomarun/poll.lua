@@ -8,11 +8,17 @@
 --- by the time left.  It may return nil, err for a transient failure (the
 --- poll goes on and reports it).  Returns the value when it is in `ok`;
 --- nil, message, "FAILED_STATE" at once when it is in `fail`;
---- nil, message, "TIMEOUT" when time runs out.  Progress (attempt, elapsed,
---- last value) is reported as it goes.
+--- nil, message, "TIMEOUT" when time runs out.
+---
+--- Progress goes one way for every wait in every module: each attempt is a
+--- line in the current step's log; inside a runbook step, a `poll` event is
+--- journaled whenever the value (or error) changes, and once at the end with
+--- the outcome; the console shows progress in place (a line per change off a
+--- terminal) unless `quiet = true`.  `on_attempt` is called as well.
 local task = require "bomarun.task"
 local log = require "bomarun.log"
 local json = require "bomarun.json"
+local step_ctx = require "bomarun.step"
 
 local M = {}
 
@@ -24,6 +30,7 @@ local M = {}
 ---@field interval? number         seconds between attempts (default 5)
 ---@field what? string             what is being waited for, for messages
 ---@field on_attempt? fun(info: {attempt: integer, elapsed: number, value: any, err: string|nil})
+---@field quiet? boolean           no console progress (the step log and journal still get it)
 
 local function matcher(spec, default)
   if spec == nil then return default end
@@ -43,6 +50,31 @@ local function show(v)
 end
 M.show = show
 
+-- The one progress path: step log, journal (on change, and at the end),
+-- console.  Returns on_attempt and on_done callbacks for M.run.
+local function reporter(spec, what)
+  local console = not spec.quiet and M.console_progress(what) or nil
+  local last_shown
+  local function on_attempt(info)
+    local shown = info.value ~= nil and show(info.value) or ("error: " .. tostring(info.err))
+    log.to_step(string.format("poll %s: attempt %d, %.1fs, last=%s", what, info.attempt, info.elapsed, shown))
+    if shown ~= last_shown then
+      step_ctx.event({type = "poll", what = what, attempt = info.attempt, elapsed = info.elapsed,
+                      value = info.value, err = info.err})
+      last_shown = shown
+    end
+    if console then console(info) end
+    if spec.on_attempt then spec.on_attempt(info) end
+  end
+  local function on_done(info)
+    if console then log.progress_done() end
+    step_ctx.event({type = "poll", what = what, attempt = info.attempt, elapsed = info.elapsed,
+                    value = info.value, err = info.err, outcome = info.outcome})
+    if spec.on_done then spec.on_done(info) end
+  end
+  return on_attempt, on_done
+end
+
 --- Poll as described above.
 ---@param spec bomarun.PollSpec
 ---@return any value, string|nil err, string|nil code
@@ -54,9 +86,10 @@ function M.run(spec)
   local is_fail = matcher(spec.fail, function() return false end)
   local interval = spec.interval or 5
   local what = spec.what or "condition"
+  local on_attempt, on_done = reporter(spec, what)
   local start = task.now()
   local deadline = start + spec.timeout
-  local attempt, last, last_err = 0, nil, nil
+  local attempt = 0
   while true do
     attempt = attempt + 1
     local left = math.max(deadline - task.now(), 0.001)
@@ -70,24 +103,24 @@ function M.run(spec)
       v, err = r[1], r[2]
       if v == nil and r[3] ~= nil then err = string.format("%s (%s)", tostring(err), tostring(r[3])) end
     end
-    last, last_err = v, (v == nil) and err or nil
+    local last, last_err = v, (v == nil) and err or nil
     local elapsed = task.now() - start
     local info = {attempt = attempt, elapsed = elapsed, value = v, err = last_err}
-    if spec.on_attempt then spec.on_attempt(info) end
+    on_attempt(info)
     if v ~= nil and is_ok(v) then
       info.outcome = "ok"
-      if spec.on_done then spec.on_done(info) end
+      on_done(info)
       return v
     end
     if v ~= nil and is_fail(v) then
       info.outcome = "fail"
-      if spec.on_done then spec.on_done(info) end
+      on_done(info)
       return nil, string.format("%s reached failure state %s after %d attempt%s, %.1f s",
         what, show(v), attempt, attempt == 1 and "" or "s", elapsed), "FAILED_STATE", v
     end
     if task.now() >= deadline then
       info.outcome = "timeout"
-      if spec.on_done then spec.on_done(info) end
+      on_done(info)
       local last_desc = last ~= nil and show(last) or ("no value" .. (last_err and (": " .. last_err) or ""))
       return nil, string.format("%s: timed out after %.1f s (%d attempt%s); last: %s", what, elapsed,
         attempt, attempt == 1 and "" or "s", last_desc), "TIMEOUT", last
@@ -99,6 +132,8 @@ end
 --- Progress reporting for the console: in place on a terminal.
 --- Off a terminal, a line is printed only when the value changes or every
 --- 30 s, so logs stay readable.
+---@param what string  what is being waited for, shown on each line
+---@return fun(info: {attempt: integer, elapsed: number, value: any, err: string|nil})
 function M.console_progress(what)
   local last_v, last_t
   return function(info)

@@ -28,6 +28,13 @@ local M = {}
 ---@field keep? boolean         (spawn) a service that outlives the task that started it;
 ---                            it is still killed when bomarun exits
 
+---@class bomarun.ProcHandle  a running (or finished) process; closing it kills the group
+---@field wait fun(self: bomarun.ProcHandle): bomarun.ProcResult|nil, string|nil, string|nil, bomarun.ProcResult|nil
+---@field kill fun(self: bomarun.ProcHandle, sig?: string|integer): boolean|nil, string|nil, string|nil  signals the whole group (default TERM)
+---@field terminate fun(self: bomarun.ProcHandle)  SIGTERM the group, SIGKILL after the grace period
+---@field pid fun(self: bomarun.ProcHandle): integer
+---@field done fun(self: bomarun.ProcHandle): boolean
+
 ---@class bomarun.ProcResult
 ---@field code integer|nil      exit status, nil when killed by a signal
 ---@field signal integer|nil    the terminating signal
@@ -73,6 +80,7 @@ end
 --- Start a command and return a handle: h:wait(), h:kill(sig),
 --- h:terminate(), h:pid(), h:done().
 ---@param opts bomarun.ProcOptions
+---@return bomarun.ProcHandle|nil handle, string|nil err, string|nil code
 function M.spawn(opts)
   return redact_failure(core.spawn(prepare(opts)))
 end

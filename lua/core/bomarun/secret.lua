@@ -30,13 +30,16 @@ function M.file(path)
   return setmetatable({kind = "file", name = path}, ref_mt)
 end
 
+--- Whether v is a secret reference (from secret.env or secret.file).
+---@param v any
 ---@return boolean
 function M.is_ref(v)
   return getmetatable(v) == ref_mt
 end
 
 --- Register a value so it is redacted everywhere from now on.
----@param v string
+---@param v string  values that are not strings, or shorter than 3 bytes, are ignored
+---@return nil       (returns nothing)
 function M.register(v)
   if type(v) ~= "string" or #v < 3 then return end
   for _, x in ipairs(values) do if x == v then return end end
@@ -90,6 +93,12 @@ function M.redact(s)
 end
 
 --- A copy of v with every string redacted (tables are copied deeply).
+--- v itself comes back when nothing is registered or it is neither a
+--- string nor a table.
+---@generic T
+---@param v T
+---@param seen? table  originals already copied -> their copies (for cycles; internal)
+---@return T
 function M.redact_deep(v, seen)
   if #values == 0 then return v end
   if type(v) == "string" then return M.redact(v) end

@@ -20,6 +20,7 @@ local M = {}
 
 --- Start fn(...) as a new task, a child of the current one.
 ---@param fn function
+---@param ... any  arguments for fn
 ---@return bomarun.Task
 function M.spawn(fn, ...)
   return sched.spawn(fn, ...)
@@ -28,6 +29,7 @@ end
 --- Start fn(...) as a named task (the name shows in errors and reports).
 ---@param name string
 ---@param fn function
+---@param ... any  arguments for fn
 ---@return bomarun.Task
 function M.spawn_named(name, fn, ...)
   return sched.spawn_named(name, fn, ...)
@@ -35,11 +37,13 @@ end
 
 --- Wait for `seconds` without blocking other tasks.
 ---@param seconds number
+---@return nil  (returns nothing)
 function M.sleep(seconds)
   return sched.sleep(seconds)
 end
 
 --- Let every other ready task run, then continue.
+---@return nil  (returns nothing)
 function M.yield()
   return sched.yield()
 end
@@ -121,7 +125,8 @@ end
 
 --- Run fn(...) holding one unit; released however fn ends.
 ---@param fn function
----@return any
+---@param ... any  arguments for fn
+---@return any ...  fn's results
 function Semaphore:with(fn, ...)
   local _ <close> = self:hold()
   return fn(...)
@@ -182,7 +187,8 @@ end
 --- is, so the two are never confused.  Errors in fn propagate.
 ---@param seconds number
 ---@param fn function
----@return any
+---@param ... any  arguments for fn
+---@return any ...  fn's results, or nil, message, "DEADLINE"
 function M.deadline(seconds, fn, ...)
   if type(seconds) ~= "number" or seconds < 0 then
     error("task.deadline: seconds must be a number >= 0", 2)
@@ -209,7 +215,8 @@ end
 --- A callee of fn may return "TIMEOUT" too; task.deadline tells the two apart.
 ---@param seconds number
 ---@param fn function
----@return any
+---@param ... any  arguments for fn
+---@return any ...  fn's results, or nil, message, "TIMEOUT"
 function M.timeout(seconds, fn, ...)
   if type(seconds) ~= "number" or seconds < 0 then
     error("task.timeout: seconds must be a number >= 0", 2)

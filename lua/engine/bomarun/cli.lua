@@ -45,8 +45,24 @@ local function usage_error(msg)
   return M.EXIT_USAGE
 end
 
---- Parse runbook options from args[first..].
----@return table|nil opts, string|nil err
+---@class bomarun.RunbookOptions  the parsed runbook options
+---@field set {[1]: string, [2]: string}[]  --set KEY=VALUE pairs, in order
+---@field only string[]      --only STEP ids
+---@field plan? boolean
+---@field profile? string
+---@field from? string
+---@field resume? string     a run directory
+---@field keep? boolean
+---@field run_dir? string
+---@field strict? boolean
+---@field no_color? boolean
+
+--- Parse runbook options from args[first..].  An `--opt=value` argument is
+--- split in place (args gains an entry).  Raises on anything but a usage
+--- error, which comes back as nil, message.
+---@param args string[]
+---@param first? integer  default 1
+---@return bomarun.RunbookOptions|nil opts, string|nil err
 function M.parse_runbook_options(args, first)
   local o = {set = {}, only = {}}
   local i = first or 1
@@ -156,6 +172,10 @@ local function run_file(path, args, first, forced_plan)
   return M.EXIT_OK
 end
 
+--- Run the command line `args` (argv without the program name); returns
+--- the process exit status (EXIT_OK, EXIT_FAIL, EXIT_USAGE, ...).
+---@param args string[]
+---@return integer exit_status
 function M.main(args)
   local a = args[1]
   if a == nil or a == "--help" or a == "-h" or a == "help" then

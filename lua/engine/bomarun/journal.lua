@@ -5,10 +5,23 @@ local json = require "bomarun.json"
 local host = require "bomarun._host"
 local secret = require "bomarun.secret"
 
+---@class bomarun.JournalEvent  one line of events.jsonl
+---@field type string    run_start, step_start, gate, check, capture, poll, step_end, run_end, ... or a module's own
+---@field seq integer     1, 2, ... in the order written
+---@field t number        wall time, epoch seconds
+---@field step? string    the step or item it belongs to (step_start/step_end use `id`)
+
+---@class bomarun.Journal
+---@field f file*|nil     the events.jsonl file (nil for a memory journal, or once closed)
+---@field path string|nil
+---@field seq integer     the last sequence number given
+---@field events bomarun.JournalEvent[]  every event emitted, redacted
 local M = {}
 M.__index = M
 
 --- Open (append) the journal in run directory `dir`.
+---@param dir string
+---@return bomarun.Journal|nil journal, string|nil err
 function M.open(dir)
   local path = dir .. "/events.jsonl"
   local f, err = io.open(path, "a")
@@ -18,11 +31,15 @@ function M.open(dir)
 end
 
 --- A journal that only keeps events in memory (plan mode, tests).
+---@return bomarun.Journal
 function M.memory()
   return setmetatable({seq = 0, events = {}}, M)
 end
 
 --- Append an event {type = ..., ...}; `t` (wall time) and `seq` are added.
+--- Returns the event as kept: a redacted copy when any secret is registered.
+---@param ev table  {type = "...", ...}; gains seq and t
+---@return bomarun.JournalEvent
 function M:emit(ev)
   self.seq = self.seq + 1
   ev.seq = self.seq
@@ -40,13 +57,15 @@ function M:emit(ev)
   return ev
 end
 
+--- Close the journal file (nothing to do for a memory journal).
 function M:close()
   if self.f then self.f:close() self.f = nil end
 end
 
 --- Read every event of a journal file.  A torn last line (the process was
 --- killed while writing it) is skipped and reported.
----@return table[]|nil events, string|nil err, string[] warnings
+---@param path string  an events.jsonl file
+---@return bomarun.JournalEvent[]|nil events, string|nil err, string[] warnings
 function M.read(path)
   local f, err = io.open(path, "r")
   if not f then return nil, "journal: cannot read " .. path .. ": " .. tostring(err), {} end

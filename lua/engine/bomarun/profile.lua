@@ -28,6 +28,9 @@ local function dirname(p)
 end
 
 --- Where a profile named `name` is looked for, in order.
+---@param name string            a name, or a path (contains "/" or ends in .lua)
+---@param runbook_source? string  the runbook's file, for profiles next to it
+---@return string[] paths
 function M.candidates(name, runbook_source)
   if name:find("/", 1, true) or name:match("%.lua$") then return {name} end
   local list = {"profiles/" .. name .. ".lua"}
@@ -43,6 +46,7 @@ function M.candidates(name, runbook_source)
 end
 
 --- Load a profile file in the sandbox.
+---@param path string
 ---@return table|nil constants, string|nil err
 function M.load_file(path)
   local f, err = io.open(path, "r")
@@ -71,7 +75,9 @@ function M.load_file(path)
 end
 
 --- Find and load profile `name`.
----@return table|nil constants, string|nil path_or_err
+---@param name string
+---@param runbook_source? string  the runbook's file, for profiles next to it
+---@return table|nil constants, string|nil path_or_err  the file it was read from, or the error
 function M.load(name, runbook_source)
   local tried = M.candidates(name, runbook_source)
   for _, p in ipairs(tried) do
@@ -96,23 +102,30 @@ local function coerce(v, want, current)
   return v
 end
 
---- Apply --set KEY=VALUE overrides (KEY may be dotted: a.b.c).
+--- Apply --set KEY=VALUE overrides (KEY may be dotted: a.b.c) to env in
+--- place; a VALUE becomes a number or boolean where the declared type (or
+--- the current value, or its look) says so.
+---@param env table                          the constants
+---@param sets? {[1]: string, [2]: string}[]  {KEY, VALUE} pairs
+---@param types? table<string, string>        KEY -> declared type (from needs_map)
 function M.apply_sets(env, sets, types)
   for _, kv in ipairs(sets or {}) do
     local key, value = kv[1], kv[2]
-    local t, last = env, nil
+    local t = env
     local parts = {}
     for p in key:gmatch("[^.]+") do parts[#parts + 1] = p end
     for k = 1, #parts - 1 do
       if type(t[parts[k]]) ~= "table" then t[parts[k]] = {} end
       t = t[parts[k]]
     end
-    last = parts[#parts]
+    local last = parts[#parts]
     t[last] = coerce(value, types and types[key], t[last])
   end
 end
 
 --- Normalise needs: {"a", "b"} or {a = "string"} -> {name = type|"any"}.
+---@param needs? string[]|table<string, string>
+---@return table<string, string> types, string[] names  names sorted
 function M.needs_map(needs)
   local m, order = {}, {}
   for k, v in pairs(needs or {}) do
@@ -135,6 +148,9 @@ end
 
 --- Check the constants a runbook and its steps need.  Returns a list of
 --- problems (empty when all is well).
+---@param env table  the constants
+---@param rb bomarun.Runbook
+---@return string[] problems
 function M.check_needs(env, rb)
   local problems = {}
   local function check(needs, who)
@@ -160,6 +176,8 @@ end
 
 --- Resolve secret references in place; returns nil, err on the first
 --- that cannot be read.
+---@param env table  the constants (plain nested tables are searched too)
+---@return true|nil ok, string|nil err
 function M.resolve_secrets(env)
   for k, v in pairs(env) do
     if secret.is_ref(v) then

@@ -8,6 +8,66 @@ local M = {}
 
 local FAILING = {FAIL = true, INTERRUPTED = true}
 
+---@class bomarun.ReportVerdict  a gate or check as journaled
+---@field ok boolean
+---@field message string
+---@field where string|nil  file:line of the call
+---@field t number
+
+---@class bomarun.ReportEntry  a step or acceptance item
+---@field kind "step"|"item"
+---@field id string
+---@field title string
+---@field phase string|nil
+---@field bar string|nil        an item's acceptance bar
+---@field mutation boolean|nil
+---@field status string         NOT_RUN, RUNNING, PASS, FAIL, SKIPPED, DEFERRED, OUTSTANDING, INTERRUPTED
+---@field gates bomarun.ReportVerdict[]
+---@field checks bomarun.ReportVerdict[]
+---@field outstanding string|nil
+---@field deferred {decision: string|nil, reason: string}|nil
+---@field started number|nil
+---@field duration number|nil
+---@field reason string|nil
+---@field error string|nil
+---@field log string|nil        the step log, relative to the run directory
+---@field resumed boolean|nil
+---@field poll table|nil        the last poll: {what, attempt, elapsed, value, outcome}
+
+---@class bomarun.ReportBar  an acceptance bar
+---@field id string
+---@field title string
+---@field phase string|nil
+---@field items bomarun.ReportEntry[]
+
+---@class bomarun.ReportCleanup
+---@field index integer
+---@field step string
+---@field description string
+---@field status string         PENDING, DONE, FAILED, KEPT, ABANDONED, DISCHARGED
+---@field error string|nil
+---@field duration number|nil
+
+---@class bomarun.ReportModel  what a run did, rebuilt from its journal
+---@field runbook {id: string, title: string, description: string|nil, decisions: string[], source: string|nil}|table
+---@field run {id: string, dir: string, profile: string|nil, profile_path: string|nil, started: number, host: string, options: table, resumed_from: string|nil, strict: boolean|nil}|table
+---@field entries bomarun.ReportEntry[]
+---@field by_id table<string, bomarun.ReportEntry>
+---@field bars bomarun.ReportBar[]
+---@field cleanups bomarun.ReportCleanup[]
+---@field captures table<string, any>
+---@field capture_order string[]
+---@field module_events bomarun.JournalEvent[]  events of a module's own (Step:event)
+---@field warnings string[]
+---@field complete boolean        it has a run_end event
+---@field status string|nil       PASSED, FAILED, INTERRUPTED or INCOMPLETE
+---@field exit_code integer|nil
+---@field finished number|nil
+---@field duration number|nil
+---@field interrupted string|nil  the signal name
+---@field aborted string|nil      the id whose failure stopped the run
+---@field counts table<string, integer>  status -> entries
+
 local function new_entry(kind, d, phase, bar)
   return {kind = kind, id = d.id, title = d.title, phase = phase, bar = bar,
           mutation = d.mutation, status = "NOT_RUN", gates = {}, checks = {},
@@ -105,6 +165,8 @@ function handlers.run_end(m, ev)
 end
 
 --- Compute the exit status the entries stand for.
+---@param m bomarun.ReportModel
+---@return integer exit_status  0, 1, 130 (SIGINT) or 143 (SIGTERM)
 function M.exit_code(m)
   if m.interrupted then return m.interrupted == "SIGTERM" and 143 or 130 end
   for _, e in ipairs(m.entries) do
@@ -119,6 +181,9 @@ function M.exit_code(m)
 end
 
 --- Build the report model from a list of events.
+---@param events bomarun.JournalEvent[]
+---@param warnings? string[]  reading problems to carry (the list is kept and added to)
+---@return bomarun.ReportModel
 function M.build(events, warnings)
   local m = {entries = {}, by_id = {}, bars = {}, cleanups = {}, captures = {}, capture_order = {},
              module_events = {},
@@ -157,6 +222,8 @@ function M.build(events, warnings)
 end
 
 --- Build the model from a run directory's journal.
+---@param dir string
+---@return bomarun.ReportModel|nil model, string|nil err
 function M.load(dir)
   local events, err, warnings = journal.read(dir .. "/events.jsonl")
   if not events then return nil, err end
@@ -202,6 +269,8 @@ end
 M.verdict = verdict
 
 --- The acceptance summary an operator pastes into a ticket.
+---@param m bomarun.ReportModel
+---@return string
 function M.summary_text(m)
   local out = {}
   local function add(s) out[#out + 1] = s end
@@ -284,6 +353,8 @@ end
 
 --- JUnit XML: a testcase per step, gate and acceptance item.  DEFERRED and
 --- OUTSTANDING are skipped testcases carrying their reason.
+---@param m bomarun.ReportModel
+---@return string
 function M.junit_text(m)
   local cases, failures, errors, skipped = {}, 0, 0, 0
   local rbid = (m.runbook and m.runbook.id) or "runbook"
@@ -339,6 +410,8 @@ function M.junit_text(m)
 end
 
 --- The JSON report.
+---@param m bomarun.ReportModel
+---@return string
 function M.json_text(m)
   local entries = {}
   for _, e in ipairs(m.entries) do
@@ -367,6 +440,9 @@ local function write(path, text)
 end
 
 --- Write report.json, junit.xml and summary.txt into dir.
+---@param dir string
+---@param m bomarun.ReportModel
+---@return true|nil ok, string|nil err
 function M.write_all(dir, m)
   local ok, err = write(dir .. "/report.json", M.json_text(m))
   if ok then ok, err = write(dir .. "/junit.xml", M.junit_text(m)) end
@@ -375,6 +451,8 @@ function M.write_all(dir, m)
 end
 
 --- `bomarun report RUN_DIR`: rebuild every report from events.jsonl.
+---@param dir string
+---@return integer exit_status  the run's own, or 2 when the reports cannot be rebuilt
 function M.cli(dir)
   dir = dir:gsub("/+$", "")
   local m, err = M.load(dir)

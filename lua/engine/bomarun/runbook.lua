@@ -47,12 +47,37 @@ end
 ---@field diagnose? fun(s: bomarun.StepContext)  runs after a failure to gather evidence
 ---@field detail? {plan_lines: fun(self): string[]}  more to show in plan mode (a dag graph, say)
 
+---@class bomarun.StepNode  a step as runbook.step builds it
+---@field kind "step"
+---@field id string
+---@field title string
+---@field body fun(s: bomarun.StepContext)
+---@field mutation boolean
+---@field timeout number|nil
+---@field needs string[]|table<string, string>|nil
+---@field gates string[]|nil
+---@field description string|nil
+---@field diagnose fun(s: bomarun.StepContext)|nil
+---@field detail {plan_lines: fun(self): string[]}|nil
+---@field source string|nil     the file that defined it
+---@field line integer|nil
+
+---@class bomarun.PhaseNode
+---@field kind "phase"
+---@field id string|nil
+---@field title string
+---@field description string|nil
+---@field children (bomarun.StepNode|bomarun.AcceptanceNode)[]
+
 --- A step: an id, a title, a body.
 ---@param t bomarun.StepDef
+---@return bomarun.StepNode
 function M.step(t)
   if type(t) ~= "table" then definition_error("runbook.step expects a table", 2) end
   local id, title, body = t[1], t[2], t[3] or t.body
-  if type(id) ~= "string" or id == "" then definition_error("a step needs an id string first, e.g. runbook.step{\"8.1\", \"Title\", function(s) ... end}", 2) end
+  if type(id) ~= "string" or id == "" then
+    definition_error("a step needs an id string first, e.g. runbook.step{\"8.1\", \"Title\", function(s) ... end}", 2)
+  end
   if type(title) ~= "string" then definition_error("step " .. id .. " needs a title string", 2) end
   if type(body) ~= "function" then definition_error("step " .. id .. " needs a body function", 2) end
   check_type(t.timeout, "number", "step " .. id .. ": timeout", 2)
@@ -66,6 +91,7 @@ end
 
 --- A phase: a title and the steps in it.
 ---@param t table  {"Title", step, step, ..., id = "optional"}
+---@return bomarun.PhaseNode
 function M.phase(t)
   if type(t) ~= "table" or type(t[1]) ~= "string" then
     definition_error("runbook.phase expects {\"Title\", step, ...}", 2)
@@ -102,8 +128,31 @@ end
 ---@field deferred? string|{decision: string, reason: string}  "D-019: reason"
 ---@field timeout? number
 
+---@class bomarun.ItemNode  an acceptance item as runbook.item builds it
+---@field kind "item"
+---@field id string
+---@field title string
+---@field body fun(i: bomarun.StepContext)|nil
+---@field outstanding string|nil
+---@field deferred {decision: string|nil, reason: string}|nil
+---@field timeout number|nil
+---@field needs string[]|table<string, string>|nil
+---@field gates string[]|nil
+---@field source string|nil
+---@field line integer|nil
+
+---@class bomarun.AcceptanceNode  an acceptance bar as runbook.acceptance builds it
+---@field kind "acceptance"
+---@field id string
+---@field title string
+---@field items bomarun.ItemNode[]
+---@field needs nil
+---@field source string|nil
+---@field line integer|nil
+
 --- An acceptance item: PASS/FAIL by its body, or OUTSTANDING or DEFERRED.
 ---@param t bomarun.ItemDef
+---@return bomarun.ItemNode
 function M.item(t)
   if type(t) ~= "table" then definition_error("runbook.item expects a table", 2) end
   local id, title, body = t[1], t[2], t[3] or t.body
@@ -121,6 +170,7 @@ end
 
 --- An acceptance bar: an id (usually the decision), a title, items.
 ---@param t table  {"D-011", "Acceptance bar", item, item, ...}
+---@return bomarun.AcceptanceNode
 function M.acceptance(t)
   if type(t) ~= "table" or type(t[1]) ~= "string" or type(t[2]) ~= "string" then
     definition_error("runbook.acceptance expects {\"ID\", \"Title\", item, ...}", 2)
@@ -145,8 +195,25 @@ end
 ---@field needs? string[]|table<string, string>  profile constants required (name -> type)
 ---@field defaults? table            constants used when no profile gives them
 
+---@class bomarun.RunbookUnit  a step or an acceptance bar, in run order
+---@field node bomarun.StepNode|bomarun.AcceptanceNode
+---@field phase string|nil     the title of its phase
+
+---@class bomarun.Runbook  a runbook as runbook{...} builds it
+---@field id string
+---@field title string
+---@field description string|nil
+---@field decisions string[]
+---@field profile string|nil
+---@field needs string[]|table<string, string>
+---@field defaults table
+---@field children (bomarun.PhaseNode|bomarun.StepNode|bomarun.AcceptanceNode)[]
+---@field units bomarun.RunbookUnit[]
+---@field source string|nil    the file that defined it
+
 --- Build a runbook from its definition.
 ---@param t bomarun.RunbookDef
+---@return bomarun.Runbook
 function M.new(t)
   if type(t) ~= "table" then definition_error("runbook{...} expects a table", 2) end
   if type(t.id) ~= "string" or not t.id:match("^[%w._-]+$") then
@@ -194,6 +261,8 @@ function M.new(t)
 end
 
 --- Whether v is a runbook built by runbook{...}.
+---@param v any
+---@return boolean
 function M.is_runbook(v) return getmetatable(v) == RUNBOOK_MT end
 
 return setmetatable(M, {__call = function(_, t) return M.new(t) end})

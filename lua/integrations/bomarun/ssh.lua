@@ -120,6 +120,7 @@ local pool = {}
 --- A connected session for target: the pooled one if it is still alive,
 --- else a new one (which joins the pool).
 ---@param target bomarun.SshTarget
+---@return userdata|nil session, string|nil err, string|nil code
 function M.session(target)
   local key = where(target)
   local s = pool[key]
@@ -136,15 +137,6 @@ function M.close_all()
   for k, s in pairs(pool) do
     pool[k] = nil
     s:close()
-  end
-end
-
-local function progress_reporter(what)
-  local console = poll.console_progress(what)
-  return function(info)
-    log.to_step(string.format("%s: attempt %d, %.1fs, %s", what, info.attempt, info.elapsed,
-      info.value ~= nil and tostring(info.value) or tostring(info.err)))
-    console(info)
   end
 end
 
@@ -166,9 +158,7 @@ function M.wait_for_port(opts)
       end
       return b
     end,
-    timeout = opts.timeout or 300, interval = opts.interval or 1, what = what,
-    on_attempt = progress_reporter(what)}
-  log.progress_done()
+    timeout = opts.timeout or 300, interval = opts.interval or 1, what = what}
   return v, err, code
 end
 
@@ -199,8 +189,7 @@ function M.wait_for_connection(target)
       return "READY"
     end,
     ok = {"READY"}, fail = {"REJECTED"}, timeout = total, interval = target.interval or 1,
-    what = what, on_attempt = progress_reporter(what)}
-  log.progress_done()
+    what = what}
   if v then
     pool[where(target)] = session
     return session
@@ -298,8 +287,7 @@ function M.reboot(target, opts)
       return "NEW_BOOT"
     end,
     ok = {"NEW_BOOT"}, fail = {"REJECTED"}, timeout = total, interval = opts.interval or 2,
-    what = what, on_attempt = progress_reporter(what)}
-  log.progress_done()
+    what = what}
   if not v then
     if pcode == "FAILED_STATE" then return nil, "reboot: the host rejected the reconnection", "AUTH" end
     return nil, perr, pcode

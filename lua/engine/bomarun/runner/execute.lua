@@ -10,18 +10,59 @@ local task = require "bomarun.task"
 
 local M = {}
 
+---@class bomarun.Cleanup  a registered cleanup (Step:cleanup)
+---@field index integer
+---@field step string
+---@field description string
+---@field fn fun(): any
+---@field settled "run"|"discharged"|nil  set once it was run early or discharged
+
+---@class bomarun.Run  one run of a runbook, as the runner's parts share it
+---@field id string
+---@field dir string
+---@field env table              the profile constants
+---@field state table            captured values
+---@field journal bomarun.Journal
+---@field cleanups bomarun.Cleanup[]
+---@field log_seq integer        step logs opened so far
+---@field keep boolean|nil       --keep
+---@field profile_name string|nil
+---@field verbose boolean
+---@field t_start number
+---@field mark_interrupted fun(signame: string)
+---@field interrupted string|nil the signal name
+---@field aborted string|nil     the id whose failure stops the run
+---@field pending_abort string|nil
+---@field abandon_cleanups boolean|nil
+---@field current_task bomarun.Task|nil
+---@field cleanup_task bomarun.Task|nil
+
 local STATUS_COLOUR = {PASS = "green", FAIL = "red", INTERRUPTED = "red", DEFERRED = "blue",
                        OUTSTANDING = "yellow", SKIPPED = "grey", NOT_RUN = "grey"}
 
+--- Print a step's, item's or cleanup's result line on the console.
+---@param run bomarun.Run
+---@param id string
+---@param title string
+---@param status string     PASS, FAIL, SKIPPED, ... (coloured)
+---@param duration? number  seconds
+---@param note? string
 function M.console_result(run, id, title, status, duration, note)
   local dots = string.rep(".", math.max(2, 46 - math.max(#id, 8) - #title))
-  local line = string.format("  %-8s %s %s %s", id, title, dots, log.paint(STATUS_COLOUR[status] or "bold", string.format("%-11s", status)))
+  local badge = log.paint(STATUS_COLOUR[status] or "bold", string.format("%-11s", status))
+  local line = string.format("  %-8s %s %s %s", id, title, dots, badge)
   if duration then line = line .. " " .. report.fmt_duration(duration) end
   if note and note ~= "" then line = line .. "  " .. note end
   log.console(line)
   local _ = run
 end
 
+--- Open the next step log, steps/NN-ID.log in the run directory.
+--- Returns a line writer (redacted, time-stamped; a no-op if the file
+--- could not be opened), its closer and the log's relative path.
+---@param run bomarun.Run
+---@param id string
+---@return fun(line: string) sink, fun() close, string rel
 function M.open_step_log(run, id)
   run.log_seq = run.log_seq + 1
   local rel = string.format("steps/%02d-%s.log", run.log_seq, (id:gsub("[^%w._-]+", "_")))
@@ -37,6 +78,9 @@ function M.open_step_log(run, id)
   return sink, close, rel
 end
 
+--- A body's error as a message, and its traceback when it has one.
+---@param err any
+---@return string message, string|nil traceback
 function M.error_message(err)
   if getmetatable(err) == step_mod.FAILURE_MT then
     return err.message .. (err.where and (" (" .. err.where .. ")") or ""), nil
@@ -144,6 +188,12 @@ local function skip_entry(run, id, kind, status, reason)
                     resumed = reason == "resumed" or nil})
 end
 
+--- Run an acceptance bar item by item (skipped, deferred, outstanding or by
+--- its body); returns whether none of its items failed.
+---@param run bomarun.Run
+---@param node bomarun.AcceptanceNode
+---@param sel table<string, string>  id -> why it is skipped (runner.select)
+---@return boolean
 function M.run_acceptance(run, node, sel)
   log.console(log.paint("bold", "  == " .. node.id .. " " .. node.title))
   local failed = false
@@ -175,6 +225,10 @@ function M.run_acceptance(run, node, sel)
   return not failed
 end
 
+--- Run a step's body (or record it as skipped or not run).
+---@param run bomarun.Run
+---@param node bomarun.StepNode
+---@param sel table<string, string>  id -> why it is skipped (runner.select)
 function M.run_step(run, node, sel)
   if run.aborted or run.interrupted then
     skip_entry(run, node.id, "step", "NOT_RUN", run.interrupted and "the run was interrupted"

@@ -15,6 +15,18 @@ local report = require "bomarun.report"
 
 local M = {}
 
+---@class bomarun.PlanUnit  a step or acceptance bar as the run_start event lists it
+---@field kind "step"|"acceptance"
+---@field id string
+---@field title string
+---@field phase string|nil
+---@field mutation? boolean
+---@field timeout? number
+---@field items? {id: string, title: string, outstanding: string|nil, deferred: {decision: string|nil, reason: string}|nil}[]
+
+--- The runbook's units as plain data (for the journal's run_start event).
+---@param rb bomarun.Runbook
+---@return bomarun.PlanUnit[]
 function M.describe(rb)
   local plan = {}
   for _, u in ipairs(rb.units) do
@@ -111,6 +123,13 @@ end
 
 -- Plan mode -------------------------------------------------------------------
 
+--- Print the plan (plan mode) on the console.
+---@param rb bomarun.Runbook
+---@param env table               the profile constants (not shown)
+---@param profile_name? string
+---@param profile_path? string
+---@param problems string[]       what the profile lacks
+---@param sel table<string, string>  id -> why it is skipped (runner.select)
 function M.print(rb, env, profile_name, profile_path, problems, sel)
   local out = {}
   local function add(s) out[#out + 1] = s end

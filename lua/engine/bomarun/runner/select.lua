@@ -2,6 +2,11 @@
 --- a map id -> why it is skipped (nil: it runs), or nil, message.
 local M = {}
 
+--- The selection for `opts` (and the ids that passed in a resumed run).
+---@param rb bomarun.Runbook
+---@param opts bomarun.RunbookOptions  only `only` and `from` are read
+---@param resumed_pass? table<string, boolean>  id -> true when it passed before
+---@return table<string, string>|nil sel, string|nil err
 function M.selection(rb, opts, resumed_pass)
   local only = {}
   for _, id in ipairs(opts.only) do only[id] = true end

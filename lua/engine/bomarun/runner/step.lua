@@ -53,6 +53,7 @@ end
 ---@param cond any
 ---@param msg string
 ---@param level? integer
+---@return any cond  cond itself (it only returns when cond holds)
 function Step:gate(cond, msg, level)
   local ok = cond and true or false
   level = (level or 1) + 1
@@ -78,26 +79,33 @@ function Step:check(cond, msg, level)
 end
 
 --- Fail this step (and the run) with a message.
+---@param msg? string
 function Step:fail(msg)
   raise_failure("fail", msg_text(msg), 2)
 end
 
 --- End this step as SKIPPED.
+---@param reason? string
 function Step:skip(reason)
   error(setmetatable({reason = reason}, SKIP_MT), 0)
 end
 
 --- An acceptance item: end as DEFERRED by a decision.
+---@param decision string  e.g. "D-019"
+---@param reason string
 function Step:defer(decision, reason)
   error(setmetatable({status = "DEFERRED", deferred = {decision = decision, reason = reason}}, SKIP_MT), 0)
 end
 
 --- An acceptance item: end as OUTSTANDING.
+---@param reason string  who does what to close it
 function Step:outstanding(reason)
   error(setmetatable({status = "OUTSTANDING", outstanding = reason}, SKIP_MT), 0)
 end
 
 --- Write a line to this step's log (and to the console, indented).
+---@param fmt any     a string.format format, or (alone) any value, shown with tostring
+---@param ... any     the format's arguments
 function Step:log(fmt, ...)
   local line = select("#", ...) > 0 and string.format(fmt, ...) or tostring(fmt)
   self:_line(line, true)
@@ -109,6 +117,10 @@ function Step:_line(line, console)
 end
 
 --- Keep a value for later steps (journaled, restored by --resume).
+---@generic T
+---@param key string
+---@param value T  JSON-encodable, to be journaled
+---@return T value
 function Step:capture(key, value)
   self.state[key] = value
   self._run.journal:emit({type = "capture", step = self.id, key = key, value = value})
@@ -165,43 +177,29 @@ end
 --- Poll until fn's value is in `ok`; fail the step at once on a value in
 --- `fail`, or at the timeout.  Returns the last value.
 ---@param spec bomarun.PollSpec
+---@return any value
 function Step:poll(spec)
-  local what = spec.what or "condition"
-  local last_shown
-  local run = self._run
-  local progress = poll.console_progress(what)
-  local copy = {}
-  for k, v in pairs(spec) do copy[k] = v end
-  copy.on_attempt = function(info)
-    local shown = info.value ~= nil and poll.show(info.value) or ("error: " .. tostring(info.err))
-    self._sink(string.format("poll %s: attempt %d, %.1fs, last=%s", what, info.attempt, info.elapsed, shown))
-    if shown ~= last_shown then
-      run.journal:emit({type = "poll", step = self.id, what = what, attempt = info.attempt,
-                        elapsed = info.elapsed, value = info.value, err = info.err})
-      last_shown = shown
-    end
-    progress(info)
-    if spec.on_attempt then spec.on_attempt(info) end
-  end
-  copy.on_done = function(info)
-    log.progress_done()
-    run.journal:emit({type = "poll", step = self.id, what = what, attempt = info.attempt,
-                      elapsed = info.elapsed, value = info.value, err = info.err, outcome = info.outcome})
-  end
-  local v, err, code = poll.run(copy)
-  if v == nil then raise_failure("poll", err .. (code == "FAILED_STATE" and "" or ""), 2) end
+  -- poll.run journals the attempts against this step (bomarun.step) and
+  -- shows progress; here a failure fails the step.
+  local v, err = poll.run(spec)
+  if v == nil then raise_failure("poll", err, 2) end
   return v
 end
 
 --- Journal an event of a module's own (type and fields), tagged with this
 --- step; report.lua keeps unknown types under `events` in report.json.
 ---@param ev table  {type = "dag_component", ...}
+---@return bomarun.JournalEvent ev  as journaled
 function Step:event(ev)
   ev.step = self.id
   return self._run.journal:emit(ev)
 end
 
 --- Write an artifact file into the run directory; returns its path.
+--- Secrets in content are redacted; raises if the file cannot be written.
+---@param name string     the file name (after the step id; odd characters become _)
+---@param content string
+---@return string path
 function Step:artifact(name, content)
   local dir = self._run.dir .. "/artifacts"
   host.mkdir(dir)

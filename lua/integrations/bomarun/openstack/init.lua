@@ -67,6 +67,8 @@ end
 
 --- The cloud entry `name` from clouds.yaml (+ secure.yaml), searched in
 --- $OS_CLIENT_CONFIG_FILE, ./, ~/.config/openstack/, /etc/openstack/.
+---@param name string
+---@param clouds_file? string  read this clouds.yaml instead of searching
 ---@return table|nil cloud, string|nil err
 function M.load_cloud(name, clouds_file)
   local tried = {}
@@ -90,6 +92,7 @@ function M.load_cloud(name, clouds_file)
 end
 
 --- A cloud entry from OS_* environment variables (an openrc).
+---@return table|nil cloud, string|nil err
 function M.cloud_from_env()
   local e = os.getenv
   if not e("OS_AUTH_URL") then return nil, "openstack: OS_AUTH_URL is not set" end
@@ -113,6 +116,8 @@ end
 
 --- The service's own message from an error body, whatever its shape
 --- (Nova, Neutron, Octavia, Magnum, Keystone, Glance).
+---@param body any  the decoded body (a table), or its text
+---@return string
 function M.fault_message(body)
   if type(body) == "table" then
     if type(body.errors) == "table" and type(body.errors[1]) == "table" then
@@ -138,6 +143,23 @@ end
 
 -- Handles -----------------------------------------------------------------
 
+---@class bomarun.OpenStackHandle  a token in one scope on a connection; services are fields
+---@field conn bomarun.OpenStackConnection
+---@field scope table|nil        {project=, project_id=, domain=, domain_id=, system=}; nil: unscoped
+---@field token string|nil
+---@field expires_at number|nil
+---@field catalog table[]|nil
+---@field project table|nil      the token's project {id=, name=, domain=}
+---@field domain table|nil
+---@field system table|nil
+---@field user table|nil
+---@field roles string[]|nil
+---@field identity table         the services (collections and methods), made on first use
+---@field image table
+---@field compute table
+---@field network table
+---@field loadbalancer table
+---@field container_infra table
 local Handle = {}
 Handle.__index = function(h, k)
   local m = Handle[k]
@@ -151,6 +173,23 @@ Handle.__index = function(h, k)
 end
 
 ---@class bomarun.OpenStackConnection
+---@field auth table             the credentials (secrets resolved)
+---@field auth_url string        Keystone v3
+---@field region string|nil
+---@field interface string|nil
+---@field cacert string|nil
+---@field insecure boolean|nil
+---@field timeout number
+---@field retries integer
+---@field backoff number
+---@field microversions table<string, string>
+---@field endpoints table<string, string>
+---@field handles table<string, bomarun.OpenStackHandle>  by scope
+---@field caps table<string, bomarun.Semaphore>           by service type
+---@field cap_limits table<string, integer>
+---@field cap_default integer
+---@field source string|nil
+---@field default bomarun.OpenStackHandle
 
 local Conn = {}
 Conn.__index = Conn
@@ -332,7 +371,9 @@ function Handle:endpoint(service_type)
         for _, ep in ipairs(svc.endpoints or {}) do
           if ep.interface == want_if and (not conn.region or ep.region == conn.region or ep.region_id == conn.region) then
             local url = ep.url
-            if self.project then url = url:gsub("%%%(tenant_id%)s", self.project.id):gsub("%%%(project_id%)s", self.project.id) end
+            if self.project then
+              url = url:gsub("%%%(tenant_id%)s", self.project.id):gsub("%%%(project_id%)s", self.project.id)
+            end
             return url
           end
         end
@@ -444,6 +485,13 @@ end
 
 --- Like request, but a non-2xx status becomes nil, "openstack: METHOD URL:
 --- STATUS: the service's message (request id ...)", "HTTP_<status>", body.
+--- A 2xx with no body gives true.  nil, message, CODE when it could not be
+--- made (as request).
+---@param method string
+---@param service_type string
+---@param path string  relative to the endpoint (or a full URL)
+---@param opts? table  as for request
+---@return any body, integer|string status_or_err, table<string, string>|string|nil headers_or_code, any err_body
 function Handle:call(method, service_type, path, opts)
   local body, status, headers = self:request(method, service_type, path, opts)
   if body == nil and type(status) == "string" then return nil, status, headers end
@@ -513,6 +561,9 @@ end
 
 --- Poll a resource until its `field` reaches an ok state; fail at once on
 --- a fail state.  `get` is called afresh each attempt.
+---@param get fun(): table|nil, string|nil  the resource, or nil, err
+---@param spec {field?: string, ok?: any[]|fun(v: any): boolean, fail?: any[]|fun(v: any): boolean, timeout?: number, interval?: number, what?: string, on_attempt?: function, quiet?: boolean}
+---@return any value, string|nil err, string|nil code  as poll.run: the field's value
 function Handle:wait_for(get, spec)
   local field = spec.field or "status"
   return poll.run{function()
@@ -520,7 +571,7 @@ function Handle:wait_for(get, spec)
       if not obj then return nil, err end
       return obj[field]
     end, ok = spec.ok, fail = spec.fail, timeout = spec.timeout or 600, interval = spec.interval or 2,
-    what = spec.what or field, on_attempt = spec.on_attempt or poll.console_progress(spec.what or field)}
+    what = spec.what or field, on_attempt = spec.on_attempt, quiet = spec.quiet}
 end
 
 --- A handle on the same connection with its own token in another scope.
@@ -539,19 +590,27 @@ function Handle:scoped(scope)
 end
 
 --- Describe the scope: "project capi/capi-mgmt", "system", ...
+---@return string
 function Handle:scope_description()
   if self.system then return "system" end
-  if self.project then return "project " .. (self.project.domain and self.project.domain.name or "?") .. "/" .. self.project.name end
+  if self.project then
+    return "project " .. (self.project.domain and self.project.domain.name or "?") .. "/" .. self.project.name
+  end
   if self.domain then return "domain " .. self.domain.name end
   return scope_text(self.scope)
 end
 
 --- Whether this handle's token carries a role.
+---@param name string
+---@return boolean
 function Handle:has_role(name)
   for _, r in ipairs(self.roles or {}) do if r == name then return true end end
   return false
 end
 
+--- The semaphore bounding requests in flight to a service type.
+---@param service_type string
+---@return bomarun.Semaphore
 function Conn:cap(service_type)
   local sem = self.caps[service_type]
   if not sem then
@@ -626,7 +685,25 @@ local function looks_like_id(s)
     or s:match("^%x+$") and #s == 32)
 end
 
+---@class bomarun.OpenStackCollectionDef
+---@field service string         the service type
+---@field path string
+---@field key string             the list's key in a body
+---@field what string            for messages
+---@field single? string         the key wrapping one resource in a body
+---@field list_path? string
+---@field create_path? string
+---@field update_method? string  default "PUT"
+---@field name_filter? boolean   false: find does not filter by name on the server
+---@field bare_create? boolean   create/update send attrs unwrapped
+---@field show_after_find? boolean
+---@field ok? string[]
+---@field fail? string[]
+
 -- A collection: list/show/find/create/delete/update/wait/wait_deleted.
+---@class bomarun.OpenStackCollection
+---@field h bomarun.OpenStackHandle
+---@field d bomarun.OpenStackCollectionDef
 local Collection = {}
 Collection.__index = Collection
 
@@ -634,6 +711,9 @@ local function collection(h, d)
   return setmetatable({h = h, d = d}, Collection)
 end
 
+--- The collection's path, or one resource's.
+---@param id? string
+---@return string
 function Collection:path(id)
   if id then return self.d.path .. "/" .. id end
   return self.d.path
@@ -645,6 +725,9 @@ local function unwrap(d, body)
 end
 
 --- List resources (query filters; opts.limit, opts.page_size).
+---@param query? table
+---@param opts? {limit?: integer, page_size?: integer}
+---@return table[]|nil items, string|nil err, string|nil code
 function Collection:list(query, opts)
   opts = opts or {}
   return self.h:list(self.d.service, self.d.list_path or self.d.path, self.d.key,
@@ -652,6 +735,8 @@ function Collection:list(query, opts)
 end
 
 --- Show one resource by id.
+---@param id string
+---@return table|nil resource, string|nil err, string|nil code, any err_body
 function Collection:show(id)
   local body, err, code, ebody = self.h:call("GET", self.d.service, self:path(id))
   if not body then return nil, err, code, ebody end
@@ -659,6 +744,9 @@ function Collection:show(id)
 end
 
 --- Find by id or by exact name; nil, msg, "NOT_FOUND" | "NOT_UNIQUE".
+---@param name_or_id string
+---@param query? table  more filters for the list
+---@return table|nil resource, string|nil err, string|nil code, any err_body
 function Collection:find(name_or_id, query)
   if looks_like_id(name_or_id) then
     local obj, err, code = self:show(name_or_id)
@@ -687,6 +775,9 @@ function Collection:find(name_or_id, query)
 end
 
 --- Create a resource from a table of attributes.
+---@param attrs table
+---@param opts? {microversion?: string}
+---@return table|nil resource, string|nil err, string|nil code, any err_body
 function Collection:create(attrs, opts)
   local body = self.d.single and not self.d.bare_create and {[self.d.single] = attrs} or attrs
   local res, err, code, ebody = self.h:call("POST", self.d.service, self.d.create_path or self.d.path,
@@ -696,6 +787,9 @@ function Collection:create(attrs, opts)
 end
 
 --- Update attributes (PUT, or PATCH where the service uses it).
+---@param id string
+---@param attrs table
+---@return table|nil resource, string|nil err, string|nil code
 function Collection:update(id, attrs)
   local body = self.d.single and not self.d.bare_create and {[self.d.single] = attrs} or attrs
   local res, err, code = self.h:call(self.d.update_method or "PUT", self.d.service, self:path(id), {body = body})
@@ -704,11 +798,16 @@ function Collection:update(id, attrs)
 end
 
 --- Delete by id (never retried).
+---@param id string
+---@return any body, integer|string status_or_err, table<string, string>|string|nil headers_or_code, any err_body  as Handle:call
 function Collection:delete(id)
   return self.h:call("DELETE", self.d.service, self:path(id))
 end
 
 --- Wait until the resource's status is in ok; fail at once on fail.
+---@param id string
+---@param spec? {field?: string, ok?: any[]|fun(v: any): boolean, fail?: any[]|fun(v: any): boolean, timeout?: number, interval?: number, what?: string, on_attempt?: function, quiet?: boolean}
+---@return any value, string|nil err, string|nil code  as poll.run: the status reached
 function Collection:wait(id, spec)
   spec = spec or {}
   local what = spec.what or (self.d.what .. " " .. id .. " " .. (spec.field or "status"))
@@ -721,6 +820,9 @@ function Collection:wait(id, spec)
 end
 
 --- Wait until GET answers 404.
+---@param id string
+---@param spec? {fail?: any[]|fun(v: any): boolean, timeout?: number, interval?: number, what?: string, on_attempt?: function, quiet?: boolean}
+---@return "DELETED"|nil value, string|nil err, string|nil code  as poll.run
 function Collection:wait_deleted(id, spec)
   spec = spec or {}
   return poll.run{function()
@@ -729,7 +831,8 @@ function Collection:wait_deleted(id, spec)
       if not obj then return nil, err end
       return obj.status or obj.provisioning_status or "PRESENT"
     end, ok = {"DELETED"}, fail = spec.fail or {"ERROR", "DELETE_FAILED"}, timeout = spec.timeout or 600,
-    interval = spec.interval or 2, what = spec.what or (self.d.what .. " " .. id .. " deletion")}
+    interval = spec.interval or 2, what = spec.what or (self.d.what .. " " .. id .. " deletion"),
+    on_attempt = spec.on_attempt, quiet = spec.quiet}
 end
 
 local function service(defs, extra)
@@ -741,6 +844,26 @@ local function service(defs, extra)
   end
 end
 
-require("bomarun.openstack.resources")(M, service, collection)
+--- A collection of this handle's (list/show/find/create/delete/update/wait)
+--- from a definition {service=, path=, key=, single=, what=, ...}, for
+--- resources the service modules do not name.
+---@param def table
+---@return table collection
+function Handle:collection(def)
+  return collection(self, def)
+end
+
+-- The services, each in a file of its own: {collections = {...}, methods = {...}}.
+local SERVICE_DEFS = {
+  identity = require "bomarun.openstack.identity",
+  image = require "bomarun.openstack.image",
+  compute = require "bomarun.openstack.compute",
+  network = require "bomarun.openstack.network",
+  loadbalancer = require "bomarun.openstack.loadbalancer",
+  container_infra = require "bomarun.openstack.container_infra",
+}
+for name, def in pairs(SERVICE_DEFS) do
+  M.services[name] = service(def.collections, def.methods)
+end
 
 return M
