@@ -13,27 +13,33 @@ local function lua_files()
   return out
 end
 
--- The function's body lines: up to the first `end` at the definition's indentation.
-local function body_of(lines, i, indent)
-  local body = {}
-  for k = i + 1, #lines do
-    if lines[k]:match("^" .. indent .. "end%f[%W]") then break end
-    body[#body + 1] = lines[k]
+-- Which functions return a value, from luac's listing of the compiled
+-- file (so a `return` inside a nested function does not count): by the
+-- line each function starts on.  RETURN1, a tail call, or RETURN with B ~= 1
+-- (B = 0: up to the top of the stack; B >= 2: B - 1 values).
+local function returning_functions(path)
+  local out, current = {}, nil
+  local p = assert(io.popen("luac5.4 -l -p '" .. path .. "' 2>&1"))
+  for line in p:lines() do
+    local first = line:match("^function <.-:(%d+),%d+>")
+    if first then
+      current = tonumber(first)
+      out[current] = out[current] or false
+    elseif line:match("^main <") then
+      current = nil
+    elseif current then
+      local op, b = line:match("%]%s+(%u+%d?)%s+%d+%s*(%d*)")
+      if op == "RETURN1" or op == "TAILCALL" or (op == "RETURN" and tonumber(b) ~= 1) then out[current] = true end
+    end
   end
-  return body
-end
-
-local function returns_value(body)
-  for _, l in ipairs(body) do
-    local code = l:gsub("%-%-.*$", "")
-    if code:match("%f[%w]return%s+[^%s]") and not code:match("%f[%w]return%s+end%f[%W]") then return true end
-  end
-  return false
+  p:close()
+  return out
 end
 
 local function check_file(path, problems)
   local lines = {}
   for l in io.lines(path) do lines[#lines + 1] = l end
+  local returns = returning_functions(path)
   for i, l in ipairs(lines) do
     local indent, name, params = l:match("^(%s*)function%s+([%w_]+[.:][%w_]+)%s*%(([^)]*)%)")
     if not name then indent, name, params = l:match("^(%s*)([%w_]+%.[%w_]+)%s*=%s*function%s*%(([^)]*)%)") end
@@ -55,7 +61,7 @@ local function check_file(path, problems)
       if params:match("%.%.%.") and not text:match("%-%-%-@param%s+%.%.%.") then
         problems[#problems + 1] = string.format("%s:%d: %s: no ---@param ...", path:sub(#SRC + 2), i, name)
       end
-      if returns_value(body_of(lines, i, indent)) and not text:match("%-%-%-@return") then
+      if returns[i] and not text:match("%-%-%-@return") then
         problems[#problems + 1] = string.format("%s:%d: %s: no ---@return", path:sub(#SRC + 2), i, name)
       end
     end

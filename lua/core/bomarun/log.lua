@@ -21,7 +21,6 @@ M.tty = tty
 function M.colour() return colour end
 --- Turn console colour on or off (--no-color turns it off).
 ---@param on any  truthy: colour on
----@return nil    (returns nothing)
 function M.set_colour(on) colour = on and true or false end
 
 local codes = {red = "31", green = "32", yellow = "33", blue = "34", grey = "90", bold = "1"}

@@ -39,7 +39,6 @@ end
 
 --- Register a value so it is redacted everywhere from now on.
 ---@param v string  values that are not strings, or shorter than 3 bytes, are ignored
----@return nil       (returns nothing)
 function M.register(v)
   if type(v) ~= "string" or #v < 3 then return end
   for _, x in ipairs(values) do if x == v then return end end

@@ -37,15 +37,13 @@ end
 
 --- Wait for `seconds` without blocking other tasks.
 ---@param seconds number
----@return nil  (returns nothing)
 function M.sleep(seconds)
-  return sched.sleep(seconds)
+  sched.sleep(seconds)
 end
 
 --- Let every other ready task run, then continue.
----@return nil  (returns nothing)
 function M.yield()
-  return sched.yield()
+  sched.yield()
 end
 
 --- The running task, or nil outside any task.

@@ -13,7 +13,6 @@ local CLEANUP_TIMEOUT = 600
 --- Run the run's pending cleanups, last in first out (or, with --keep,
 --- journal them as KEPT), each bounded and journaled.
 ---@param run bomarun.Run
----@return nil  (returns nothing)
 function M.run(run)
   if #run.cleanups == 0 then return end
   local pending = 0

@@ -18,128 +18,17 @@ local poll = require "bomarun.poll"
 local secret = require "bomarun.secret"
 local task = require "bomarun.task"
 
+local kauth = require "bomarun.openstack.auth"
+local coll = require "bomarun.openstack.collection"
+local config = require "bomarun.openstack.config"
+local fault = require "bomarun.openstack.fault"
+
 local M = {}
 
--- Configuration ---------------------------------------------------------
-
-local function read_file(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function yaml_load(path)
-  local text = read_file(path)
-  if not text then return nil end
-  local ok, lyaml = pcall(require, "lyaml")
-  if not ok then error("openstack: reading " .. path .. " needs lyaml (Debian package lua-yaml)", 0) end
-  local ok2, doc = pcall(lyaml.load, text)
-  if not ok2 then error("openstack: " .. path .. " is not valid YAML: " .. tostring(doc), 0) end
-  return doc
-end
-
-local function config_paths(name)
-  local home = os.getenv("HOME") or ""
-  local list = {}
-  local env = os.getenv(name == "clouds" and "OS_CLIENT_CONFIG_FILE" or "OS_CLIENT_SECURE_FILE")
-  if env then list[#list + 1] = env end
-  list[#list + 1] = name .. ".yaml"
-  list[#list + 1] = home .. "/.config/openstack/" .. name .. ".yaml"
-  list[#list + 1] = "/etc/openstack/" .. name .. ".yaml"
-  return list
-end
-
-local function merge(dst, src)
-  for k, v in pairs(src or {}) do
-    if type(v) == "table" and type(dst[k]) == "table" then merge(dst[k], v) else dst[k] = v end
-  end
-  return dst
-end
-
-local function deep_copy(v)
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in pairs(v) do t[k] = deep_copy(x) end
-  return t
-end
-
---- The cloud entry `name` from clouds.yaml (+ secure.yaml), searched in
---- $OS_CLIENT_CONFIG_FILE, ./, ~/.config/openstack/, /etc/openstack/.
----@param name string
----@param clouds_file? string  read this clouds.yaml instead of searching
----@return table|nil cloud, string|nil err
-function M.load_cloud(name, clouds_file)
-  local tried = {}
-  for _, path in ipairs(clouds_file and {clouds_file} or config_paths("clouds")) do
-    tried[#tried + 1] = path
-    local doc = yaml_load(path)
-    if doc and type(doc.clouds) == "table" and doc.clouds[name] then
-      local cloud = deep_copy(doc.clouds[name])
-      for _, spath in ipairs(config_paths("secure")) do
-        local sdoc = yaml_load(spath)
-        if sdoc and type(sdoc.clouds) == "table" and sdoc.clouds[name] then
-          merge(cloud, sdoc.clouds[name])
-          break
-        end
-      end
-      cloud.source = path
-      return cloud
-    end
-  end
-  return nil, "openstack: cloud '" .. name .. "' not found in " .. table.concat(tried, ", ")
-end
-
---- A cloud entry from OS_* environment variables (an openrc).
----@return table|nil cloud, string|nil err
-function M.cloud_from_env()
-  local e = os.getenv
-  if not e("OS_AUTH_URL") then return nil, "openstack: OS_AUTH_URL is not set" end
-  local auth = {
-    auth_url = e("OS_AUTH_URL"), username = e("OS_USERNAME"), password = e("OS_PASSWORD"),
-    user_id = e("OS_USER_ID"),
-    user_domain_name = e("OS_USER_DOMAIN_NAME"), user_domain_id = e("OS_USER_DOMAIN_ID"),
-    project_name = e("OS_PROJECT_NAME") or e("OS_TENANT_NAME"), project_id = e("OS_PROJECT_ID") or e("OS_TENANT_ID"),
-    project_domain_name = e("OS_PROJECT_DOMAIN_NAME"), project_domain_id = e("OS_PROJECT_DOMAIN_ID"),
-    domain_name = e("OS_DOMAIN_NAME"), system_scope = e("OS_SYSTEM_SCOPE"),
-    application_credential_id = e("OS_APPLICATION_CREDENTIAL_ID"),
-    application_credential_name = e("OS_APPLICATION_CREDENTIAL_NAME"),
-    application_credential_secret = e("OS_APPLICATION_CREDENTIAL_SECRET"),
-    token = e("OS_TOKEN"),
-  }
-  return {auth = auth, region_name = e("OS_REGION_NAME"), interface = e("OS_INTERFACE"),
-          auth_type = e("OS_AUTH_TYPE"), cacert = e("OS_CACERT"), source = "OS_* environment"}
-end
-
--- Errors ------------------------------------------------------------------
-
---- The service's own message from an error body, whatever its shape
---- (Nova, Neutron, Octavia, Magnum, Keystone, Glance).
----@param body any  the decoded body (a table), or its text
----@return string
-function M.fault_message(body)
-  if type(body) == "table" then
-    if type(body.errors) == "table" and type(body.errors[1]) == "table" then
-      local e = body.errors[1]
-      return tostring(e.detail or e.title or e.code)
-    end
-    if type(body.error) == "table" then return tostring(body.error.message or body.error.title) end
-    if body.NeutronError then return tostring(body.NeutronError.message or body.NeutronError) end
-    if body.faultstring then return tostring(body.faultstring) end
-    if body.message then return tostring(body.message) end
-    if body.title or body.description then return tostring(body.description or body.title) end
-    for _, v in pairs(body) do   -- Nova: {"itemNotFound": {"message": ...}}
-      if type(v) == "table" and v.message then return tostring(v.message) end
-    end
-    return json.encode(body)
-  end
-  if type(body) == "string" then
-    local s = body:gsub("<[^>]*>", " "):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-    return #s > 300 and s:sub(1, 297) .. "..." or s
-  end
-  return ""
-end
+M.load_cloud = config.load_cloud
+M.cloud_from_env = config.cloud_from_env
+M.fault_message = fault.fault_message
+M.services = {}
 
 -- Handles -----------------------------------------------------------------
 
@@ -208,152 +97,6 @@ local function join_url(base, path)
   return base .. path
 end
 
-local function auth_url_v3(auth_url)
-  auth_url = auth_url:gsub("/+$", "")
-  if auth_url:match("/v3$") then return auth_url end
-  return auth_url .. "/v3"
-end
-
--- The auth request body for credentials + scope.
-local function auth_body(auth, scope, token)
-  local identity
-  if token then
-    identity = {methods = {"token"}, token = {id = token}}
-  elseif auth.application_credential_secret then
-    local ac = {secret = auth.application_credential_secret}
-    if auth.application_credential_id then
-      ac.id = auth.application_credential_id
-    else
-      ac.name = auth.application_credential_name
-      ac.user = {name = auth.username, id = auth.user_id,
-                 domain = {name = auth.user_domain_name or (auth.user_domain_id == nil and "Default" or nil),
-                           id = auth.user_domain_id}}
-    end
-    return {auth = {identity = {methods = {"application_credential"}, application_credential = ac}}}
-  elseif auth.token then
-    identity = {methods = {"token"}, token = {id = auth.token}}
-  else
-    local user = {password = auth.password}
-    if auth.user_id then
-      user.id = auth.user_id
-    else
-      user.name = auth.username
-      user.domain = auth.user_domain_id and {id = auth.user_domain_id}
-        or {name = auth.user_domain_name or "Default"}
-    end
-    identity = {methods = {"password"}, password = {user = user}}
-  end
-  local body = {auth = {identity = identity}}
-  if scope then
-    if scope.system then
-      body.auth.scope = {system = {all = true}}
-    elseif scope.project_id then
-      body.auth.scope = {project = {id = scope.project_id}}
-    elseif scope.project then
-      local d = scope.domain_id and {id = scope.domain_id} or {name = scope.domain or "Default"}
-      body.auth.scope = {project = {name = scope.project, domain = d}}
-    elseif scope.domain or scope.domain_id then
-      body.auth.scope = {domain = scope.domain_id and {id = scope.domain_id} or {name = scope.domain}}
-    end
-  end
-  return body
-end
-
-local function scope_from_cloud(auth)
-  if auth.system_scope then return {system = auth.system_scope} end
-  if auth.project_id then return {project_id = auth.project_id} end
-  if auth.project_name then
-    return {project = auth.project_name, domain = auth.project_domain_name or auth.user_domain_name,
-            domain_id = auth.project_domain_id}
-  end
-  if auth.domain_name or auth.domain_id then return {domain = auth.domain_name, domain_id = auth.domain_id} end
-  return nil
-end
-
-local function scope_text(scope)
-  if not scope then return "unscoped" end
-  if scope.system then return "system" end
-  if scope.project_id then return "project " .. scope.project_id end
-  if scope.project then return "project " .. (scope.domain or scope.domain_id or "Default") .. "/" .. scope.project end
-  return "domain " .. tostring(scope.domain or scope.domain_id)
-end
-
-local function parse_time(s)
-  -- "2026-11-21T15:04:05.000000Z" -> epoch seconds (UTC)
-  local y, mo, d, h, mi, se = tostring(s):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
-  if not y then return nil end
-  local t = os.time({year = tonumber(y), month = tonumber(mo), day = tonumber(d),
-                     hour = tonumber(h), min = tonumber(mi), sec = tonumber(se), isdst = false})
-  -- os.time took it as local time: correct by the local offset.
-  local utc = os.time(os.date("!*t", t))
-  return t + (t - utc)
-end
-
--- Authenticate handle h (its scope) with the connection's credentials.
-local function authenticate(h)
-  local conn = h.conn
-  local body = auth_body(conn.auth, h.scope)
-  if h.scope and conn.auth.application_credential_secret then
-    -- Application credentials are bound to one project: rescope from a
-    -- token issued by them is refused by Keystone; say so plainly.
-    if h ~= conn.default then
-      return nil, "openstack: an application credential is bound to its own project; it cannot be rescoped to " ..
-        scope_text(h.scope), "SCOPE"
-    end
-  end
-  local url = conn.auth_url .. "/auth/tokens"
-  local r, err, code = http.request{method = "POST", url = url, body = body, timeout = conn.timeout,
-                                    cainfo = conn.cacert, insecure = conn.insecure,
-                                    headers = {Accept = "application/json"}}
-  if not r then return nil, "openstack: authentication at " .. url .. ": " .. err, code end
-  local doc = json.decode(r.body or "")
-  if r.status ~= 201 then
-    return nil, string.format("openstack: authentication (%s, %s) at %s failed: %d: %s",
-      conn.auth.username or conn.auth.user_id or conn.auth.application_credential_id or "token",
-      scope_text(h.scope), url, r.status, M.fault_message(doc or r.body)), r.status == 401 and "AUTH" or "HTTP_" .. r.status
-  end
-  local token = r.headers["x-subject-token"]
-  secret.register(token)
-  local t = doc and doc.token or {}
-  h.token = token
-  h.expires_at = parse_time(t.expires_at) or (os.time() + 3600)
-  h.catalog = t.catalog or {}
-  h.project = t.project
-  h.domain = t.domain
-  h.system = t.system
-  h.user = t.user
-  h.roles = {}
-  for _, role in ipairs(t.roles or {}) do h.roles[#h.roles + 1] = role.name end
-  return true
-end
-
--- Re-issue the token if it expires within 60 s.
--- One task authenticates; the others wait for its outcome.  If that task
--- is cancelled (or raises) half-way, the flag is cleared and its waiters
--- are woken to try again themselves: nobody waits on an event nobody sets.
-local function ensure_token(h)
-  while true do
-    if h.token and h.expires_at - os.time() > 60 then return true end
-    local pending = h.reauth_in_flight
-    if not pending then break end
-    local _, ok, err, code = pending:wait()
-    if code ~= "RETRY" then
-      if not ok then return nil, err, code end
-      return true
-    end
-  end
-  local ev = task.event()
-  h.reauth_in_flight = ev
-  local pok, ok, err, code = pcall(authenticate, h)
-  h.reauth_in_flight = nil
-  if not pok then
-    ev:set(nil, "the authenticating task ended half-way", "RETRY")
-    error(ok, 0)
-  end
-  ev:set(ok, err, code)
-  return ok, err, code
-end
-
 --- The endpoint URL of a service type in this handle's catalog.
 ---@param service_type string  "image", "compute", "network", "load-balancer", "identity", "container-infra", ...
 ---@return string|nil url, string|nil err
@@ -381,7 +124,7 @@ function Handle:endpoint(service_type)
     end
   end
   return nil, string.format("openstack: no %s endpoint for service type '%s'%s in the catalog of the %s token",
-    want_if, service_type, conn.region and (" in region " .. conn.region) or "", scope_text(self.scope))
+    want_if, service_type, conn.region and (" in region " .. conn.region) or "", kauth.scope_text(self.scope))
 end
 
 local MICROVERSION_HEADERS = {
@@ -425,7 +168,7 @@ function Handle:request(method, service_type, path, opts)
   local attempt, reauthed = 0, false
   while true do
     attempt = attempt + 1
-    local ok, aerr, acode = ensure_token(self)
+    local ok, aerr, acode = kauth.ensure_token(self)
     if not ok then return nil, aerr, acode end
     local headers = {Accept = "application/json", ["X-Auth-Token"] = self.token}
     local mv = opts.microversion or conn.microversions[service_type]
@@ -580,10 +323,10 @@ end
 function Handle:scoped(scope)
   local conn = self.conn
   if type(scope) ~= "table" then error("openstack: scoped{...} expects a table", 2) end
-  local key = scope_text(scope)
+  local key = kauth.scope_text(scope)
   if conn.handles[key] then return conn.handles[key] end
   local h = setmetatable({conn = conn, scope = scope}, Handle)
-  local ok, err, code = authenticate(h)
+  local ok, err, code = kauth.authenticate(h)
   if not ok then return nil, err, code end
   conn.handles[key] = h
   return h
@@ -597,7 +340,7 @@ function Handle:scope_description()
     return "project " .. (self.project.domain and self.project.domain.name or "?") .. "/" .. self.project.name
   end
   if self.domain then return "domain " .. self.domain.name end
-  return scope_text(self.scope)
+  return kauth.scope_text(self.scope)
 end
 
 --- Whether this handle's token carries a role.
@@ -649,7 +392,7 @@ function M.connect(opts)
     cloud, err = M.cloud_from_env()
   end
   if not cloud then return nil, err, "CONFIG" end
-  local auth = deep_copy(cloud.auth or {})
+  local auth = config.deep_copy(cloud.auth or {})
   for _, k in ipairs({"password", "application_credential_secret", "token"}) do
     if secret.is_ref(auth[k]) then
       local v, serr = secret.resolve(auth[k])
@@ -660,188 +403,20 @@ function M.connect(opts)
   end
   if not auth.auth_url then return nil, "openstack: no auth_url for " .. (opts.cloud or "the connection"), "CONFIG" end
   local conn = setmetatable({
-    auth = auth, auth_url = auth_url_v3(auth.auth_url),
+    auth = auth, auth_url = kauth.auth_url_v3(auth.auth_url),
     region = opts.region_name or cloud.region_name, interface = opts.interface or cloud.interface,
     cacert = opts.cacert or cloud.cacert, insecure = opts.insecure or cloud.verify == false,
     timeout = opts.timeout or 60, retries = opts.retries or 3, backoff = opts.backoff or 0.5,
-    microversions = merge({compute = "2.79", ["container-infra"] = "latest"}, opts.microversions),
+    microversions = config.merge({compute = "2.79", ["container-infra"] = "latest"}, opts.microversions),
     endpoints = opts.endpoints or {}, handles = {}, caps = {},
     cap_limits = opts.concurrency or {}, cap_default = 8, source = cloud.source,
   }, Conn)
-  local h = setmetatable({conn = conn, scope = scope_from_cloud(auth)}, Handle)
+  local h = setmetatable({conn = conn, scope = kauth.scope_from_cloud(auth)}, Handle)
   conn.default = h
-  local ok, aerr, acode = authenticate(h)
+  local ok, aerr, acode = kauth.authenticate(h)
   if not ok then return nil, aerr, acode end
-  conn.handles[scope_text(h.scope)] = h
+  conn.handles[kauth.scope_text(h.scope)] = h
   return h
-end
-
--- Services and resources ------------------------------------------------------
-
-M.services = {}
-
-local function looks_like_id(s)
-  return type(s) == "string" and (s:match("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$")
-    or s:match("^%x+$") and #s == 32)
-end
-
----@class bomarun.OpenStackCollectionDef
----@field service string         the service type
----@field path string
----@field key string             the list's key in a body
----@field what string            for messages
----@field single? string         the key wrapping one resource in a body
----@field list_path? string
----@field create_path? string
----@field update_method? string  default "PUT"
----@field name_filter? boolean   false: find does not filter by name on the server
----@field bare_create? boolean   create/update send attrs unwrapped
----@field show_after_find? boolean
----@field ok? string[]
----@field fail? string[]
-
--- A collection: list/show/find/create/delete/update/wait/wait_deleted.
----@class bomarun.OpenStackCollection
----@field h bomarun.OpenStackHandle
----@field d bomarun.OpenStackCollectionDef
-local Collection = {}
-Collection.__index = Collection
-
-local function collection(h, d)
-  return setmetatable({h = h, d = d}, Collection)
-end
-
---- The collection's path, or one resource's.
----@param id? string
----@return string
-function Collection:path(id)
-  if id then return self.d.path .. "/" .. id end
-  return self.d.path
-end
-
-local function unwrap(d, body)
-  if d.single and type(body) == "table" and body[d.single] ~= nil then return body[d.single] end
-  return body
-end
-
---- List resources (query filters; opts.limit, opts.page_size).
----@param query? table
----@param opts? {limit?: integer, page_size?: integer}
----@return table[]|nil items, string|nil err, string|nil code
-function Collection:list(query, opts)
-  opts = opts or {}
-  return self.h:list(self.d.service, self.d.list_path or self.d.path, self.d.key,
-                     {query = query, limit = opts.limit, page_size = opts.page_size})
-end
-
---- Show one resource by id.
----@param id string
----@return table|nil resource, string|nil err, string|nil code, any err_body
-function Collection:show(id)
-  local body, err, code, ebody = self.h:call("GET", self.d.service, self:path(id))
-  if not body then return nil, err, code, ebody end
-  return unwrap(self.d, body)
-end
-
---- Find by id or by exact name; nil, msg, "NOT_FOUND" | "NOT_UNIQUE".
----@param name_or_id string
----@param query? table  more filters for the list
----@return table|nil resource, string|nil err, string|nil code, any err_body
-function Collection:find(name_or_id, query)
-  if looks_like_id(name_or_id) then
-    local obj, err, code = self:show(name_or_id)
-    if obj then return obj end
-    if code ~= "HTTP_404" then return nil, err, code end
-  end
-  local q = {}
-  for k, v in pairs(query or {}) do q[k] = v end
-  if self.d.name_filter ~= false then q.name = name_or_id end
-  local items, err, code = self:list(q)
-  if not items then return nil, err, code end
-  local found = {}
-  for _, it in ipairs(items) do
-    if it.name == name_or_id or it.id == name_or_id or it.uuid == name_or_id then found[#found + 1] = it end
-  end
-  if #found == 0 then
-    return nil, string.format("openstack: no %s named '%s' (%s)", self.d.what, name_or_id,
-      self.h:scope_description()), "NOT_FOUND"
-  end
-  if #found > 1 then
-    return nil, string.format("openstack: %d %ss are named '%s': use an id", #found, self.d.what, name_or_id),
-      "NOT_UNIQUE"
-  end
-  if self.d.show_after_find then return self:show(found[1].id or found[1].uuid) end
-  return found[1]
-end
-
---- Create a resource from a table of attributes.
----@param attrs table
----@param opts? {microversion?: string}
----@return table|nil resource, string|nil err, string|nil code, any err_body
-function Collection:create(attrs, opts)
-  local body = self.d.single and not self.d.bare_create and {[self.d.single] = attrs} or attrs
-  local res, err, code, ebody = self.h:call("POST", self.d.service, self.d.create_path or self.d.path,
-                                            {body = body, microversion = opts and opts.microversion})
-  if not res then return nil, err, code, ebody end
-  return unwrap(self.d, res)
-end
-
---- Update attributes (PUT, or PATCH where the service uses it).
----@param id string
----@param attrs table
----@return table|nil resource, string|nil err, string|nil code
-function Collection:update(id, attrs)
-  local body = self.d.single and not self.d.bare_create and {[self.d.single] = attrs} or attrs
-  local res, err, code = self.h:call(self.d.update_method or "PUT", self.d.service, self:path(id), {body = body})
-  if not res then return nil, err, code end
-  return unwrap(self.d, res)
-end
-
---- Delete by id (never retried).
----@param id string
----@return any body, integer|string status_or_err, table<string, string>|string|nil headers_or_code, any err_body  as Handle:call
-function Collection:delete(id)
-  return self.h:call("DELETE", self.d.service, self:path(id))
-end
-
---- Wait until the resource's status is in ok; fail at once on fail.
----@param id string
----@param spec? {field?: string, ok?: any[]|fun(v: any): boolean, fail?: any[]|fun(v: any): boolean, timeout?: number, interval?: number, what?: string, on_attempt?: function, quiet?: boolean}
----@return any value, string|nil err, string|nil code  as poll.run: the status reached
-function Collection:wait(id, spec)
-  spec = spec or {}
-  local what = spec.what or (self.d.what .. " " .. id .. " " .. (spec.field or "status"))
-  local copy = {}
-  for k, v in pairs(spec) do copy[k] = v end
-  copy.what = what
-  copy.ok = spec.ok or self.d.ok or {"ACTIVE"}
-  copy.fail = spec.fail or self.d.fail or {"ERROR"}
-  return self.h:wait_for(function() return self:show(id) end, copy)
-end
-
---- Wait until GET answers 404.
----@param id string
----@param spec? {fail?: any[]|fun(v: any): boolean, timeout?: number, interval?: number, what?: string, on_attempt?: function, quiet?: boolean}
----@return "DELETED"|nil value, string|nil err, string|nil code  as poll.run
-function Collection:wait_deleted(id, spec)
-  spec = spec or {}
-  return poll.run{function()
-      local obj, err, code = self:show(id)
-      if code == "HTTP_404" then return "DELETED" end
-      if not obj then return nil, err end
-      return obj.status or obj.provisioning_status or "PRESENT"
-    end, ok = {"DELETED"}, fail = spec.fail or {"ERROR", "DELETE_FAILED"}, timeout = spec.timeout or 600,
-    interval = spec.interval or 2, what = spec.what or (self.d.what .. " " .. id .. " deletion"),
-    on_attempt = spec.on_attempt, quiet = spec.quiet}
-end
-
-local function service(defs, extra)
-  return function(h)
-    local s = {h = h}
-    for name, d in pairs(defs) do s[name] = collection(h, d) end
-    for k, fn in pairs(extra or {}) do s[k] = function(_, ...) return fn(h, s, ...) end end
-    return s
-  end
 end
 
 --- A collection of this handle's (list/show/find/create/delete/update/wait)
@@ -850,7 +425,7 @@ end
 ---@param def table
 ---@return table collection
 function Handle:collection(def)
-  return collection(self, def)
+  return coll.collection(self, def)
 end
 
 -- The services, each in a file of its own: {collections = {...}, methods = {...}}.
@@ -863,7 +438,7 @@ local SERVICE_DEFS = {
   container_infra = require "bomarun.openstack.container_infra",
 }
 for name, def in pairs(SERVICE_DEFS) do
-  M.services[name] = service(def.collections, def.methods)
+  M.services[name] = coll.service(def.collections, def.methods)
 end
 
 return M
