@@ -6,13 +6,22 @@
 
 #include "loop.h"
 #include "sched.h"
+#include "watchdog.h"
 
 #define MAX_GROUPS 4096
 
+/* The signals that interrupt a run, each counted on its own: the first
+ * cancels, the second abandons cleanups, the third kills and exits.
+ * SIGHUP (the terminal went away) and SIGQUIT are asked to stop like
+ * SIGTERM: a run's cleanups and reports matter more than a core file. */
+static const int k_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+#define NSIGNALS (int)(sizeof k_signals / sizeof k_signals[0])
+
 static uv_loop_t g_loop;
 static uv_async_t g_sig_async;
-static volatile sig_atomic_t g_sigint_count, g_sigterm_count;
-static int g_seen_int, g_seen_term;
+static volatile sig_atomic_t g_counts[NSIGNALS];
+static volatile sig_atomic_t g_first_signal;
+static int g_seen[NSIGNALS];
 /* A plain array so the signal handler can walk it safely. */
 static volatile sig_atomic_t g_groups[MAX_GROUPS];
 
@@ -22,14 +31,27 @@ uv_loop_t *loop_init(void)
     return &g_loop;
 }
 
+void loop_prepare_group(void)
+{
+    int i;
+    if (watchdog_ensure() != 1)
+        return;
+    /* A new watchdog (the first, or one that replaced a dead one). */
+    for (i = 0; i < MAX_GROUPS; i++)
+        if (g_groups[i] > 0)
+            watchdog_note('+', g_groups[i]);
+}
+
 void loop_track_pgid(int pgid)
 {
     int i;
     for (i = 0; i < MAX_GROUPS; i++)
         if (g_groups[i] == 0) {
             g_groups[i] = pgid;
-            return;
+            break;
         }
+    if (watchdog_note('+', pgid) != 0)
+        loop_prepare_group();
 }
 
 void loop_untrack_pgid(int pgid)
@@ -38,6 +60,7 @@ void loop_untrack_pgid(int pgid)
     for (i = 0; i < MAX_GROUPS; i++)
         if (g_groups[i] == pgid)
             g_groups[i] = 0;
+    watchdog_note('-', pgid);
 }
 
 void loop_kill_all_groups(void)
@@ -48,13 +71,22 @@ void loop_kill_all_groups(void)
             kill(-(pid_t)g_groups[i], SIGKILL);
 }
 
+int loop_first_signal(void) { return g_first_signal; }
+
+static int signal_index(int signum)
+{
+    int i;
+    for (i = 0; i < NSIGNALS; i++)
+        if (k_signals[i] == signum)
+            return i;
+    return 0;
+}
+
 static void on_raw_signal(int signum)
 {
-    int n;
-    if (signum == SIGINT)
-        n = ++g_sigint_count;
-    else
-        n = ++g_sigterm_count;
+    int n = ++g_counts[signal_index(signum)];
+    if (!g_first_signal)
+        g_first_signal = signum;
     sched_note_signal();
     if (n >= 3) {
         static const char msg[] = "\nbomarun: third signal: killing every "
@@ -62,34 +94,37 @@ static void on_raw_signal(int signum)
         ssize_t r = write(2, msg, sizeof msg - 1);
         (void)r;
         loop_kill_all_groups();
-        _exit(130);
+        _exit(128 + signum);
     }
     uv_async_send(&g_sig_async);
 }
 
 static void on_sig_async(uv_async_t *h)
 {
+    int i;
     (void)h;
-    while (g_seen_int < g_sigint_count) {
-        g_seen_int++;
-        sched_on_signal(SIGINT, g_seen_int);
-    }
-    while (g_seen_term < g_sigterm_count) {
-        g_seen_term++;
-        sched_on_signal(SIGTERM, g_seen_term);
-    }
+    for (i = 0; i < NSIGNALS; i++)
+        while (g_seen[i] < g_counts[i]) {
+            g_seen[i]++;
+            sched_on_signal(k_signals[i], g_seen[i]);
+        }
 }
 
 void loop_install_signals(void)
 {
     struct sigaction sa;
+    int i;
     uv_async_init(&g_loop, &g_sig_async, on_sig_async);
     uv_unref((uv_handle_t *)&g_sig_async);
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_raw_signal;
     sigemptyset(&sa.sa_mask);
+    for (i = 0; i < NSIGNALS; i++)
+        sigaddset(&sa.sa_mask, k_signals[i]);
     sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    for (i = 0; i < NSIGNALS; i++)
+        sigaction(k_signals[i], &sa, NULL);
+    /* A closed console (a pipe whose reader left) must not kill the run:
+     * writes fail with EPIPE instead, and the journal goes on. */
     signal(SIGPIPE, SIG_IGN);
 }

@@ -1,89 +1,19 @@
 /* main: the bomarun host.  Sets up Lua and the loop, then runs the CLI
  * (lua/engine/bomarun/cli.lua) as the main task; everything else is Lua. */
-#include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "loop.h"
-#include "mod_crypto.h"
-#include "mod_host.h"
-#include "mod_http.h"
-#include "mod_json.h"
-#include "mod_proc.h"
-#include "mod_ssh.h"
+#include "runtime.h"
 #include "sched.h"
+#include "watchdog.h"
 
 #define EXIT_INTERRUPTED 130
 #define EXIT_TERMINATED 143
 #define DRAIN_MS 10000
-
-static int file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-/* The Lua library: $BOMARUN_LUA_DIR, else the installed share directory
- * next to the binary, else the source tree the binary was built from. */
-static void find_lua_dir(char *out, size_t n)
-{
-    char exe[PATH_MAX], probe[PATH_MAX + 64];
-    size_t len = sizeof exe;
-    const char *env = getenv("BOMARUN_LUA_DIR");
-    char *slash;
-    if (env && *env) {
-        snprintf(out, n, "%s", env);
-        return;
-    }
-    if (uv_exepath(exe, &len) == 0 && (slash = strrchr(exe, '/'))) {
-        *slash = '\0';
-        snprintf(probe, sizeof probe, "%s/../%s/lua/engine/bomarun/cli.lua",
-                 exe, BOMARUN_SHARE_REL);
-        if (file_exists(probe)) {
-            snprintf(probe, sizeof probe, "%s/../%s/lua", exe,
-                     BOMARUN_SHARE_REL);
-            if (n >= PATH_MAX && realpath(probe, out))
-                return;
-        }
-    }
-    snprintf(out, n, "%s/lua", BOMARUN_SOURCE_DIR);
-}
-
-static void preload(lua_State *L, const char *name, lua_CFunction f)
-{
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, f);
-    lua_setfield(L, -2, name);
-    lua_pop(L, 2);
-}
-
-/* The library's three layers (docs/architecture.md), each a tree of
- * bomarun.* modules: require names do not say the layer. */
-static void set_paths(lua_State *L, const char *dir)
-{
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    lua_pushfstring(L,
-                    "%s/core/?.lua;%s/core/?/init.lua;"
-                    "%s/integrations/?.lua;%s/integrations/?/init.lua;"
-                    "%s/engine/?.lua;%s/engine/?/init.lua;%s",
-                    dir, dir, dir, dir, dir, dir, lua_tostring(L, -1));
-    lua_setfield(L, -3, "path");
-    lua_pop(L, 2);
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_getfield(L, -1, "bomarun._host");
-    if (lua_istable(L, -1)) {
-        lua_pushstring(L, dir);
-        lua_setfield(L, -2, "lua_dir");
-    }
-    lua_pop(L, 2);
-}
 
 /* Pushes cli.main and the argument table: the main task's function. */
 static int push_cli(lua_State *L, int argc, char **argv)
@@ -106,6 +36,32 @@ static int push_cli(lua_State *L, int argc, char **argv)
     return 0;
 }
 
+/* The Lua side answers 130 for an interrupted run (143 for SIGTERM); the
+ * status names the signal that interrupted it, 128 + its number as a shell
+ * reports a process a signal killed: SIGHUP 129, SIGQUIT 131. */
+static int signal_status(int code)
+{
+    int sig = loop_first_signal();
+    if ((code == EXIT_INTERRUPTED || code == EXIT_TERMINATED) && sig)
+        return 128 + sig;
+    return code;
+}
+
+/* Whether bomarun is about to run a file (a runbook or script: process
+ * groups to come) rather than a fast path: -e, --version, help, report,
+ * plan.  Those start the watchdog only if they start a process group. */
+static int runs_a_file(int argc, char **argv)
+{
+    static const char *const fast[] = {"help", "report", "plan"};
+    size_t k;
+    if (argc < 2 || argv[1][0] == '-')
+        return 0;
+    for (k = 0; k < sizeof fast / sizeof fast[0]; k++)
+        if (strcmp(argv[1], fast[k]) == 0)
+            return 0;
+    return 1;
+}
+
 /* The exit status the main task's outcome stands for. */
 static int outcome(lua_State *L, int failed)
 {
@@ -115,7 +71,7 @@ static int outcome(lua_State *L, int failed)
         lua_rawgeti(L, -1, 1);
         code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
         lua_pop(L, 2);
-        return code;
+        return signal_status(code);
     }
     if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "code");
@@ -131,33 +87,27 @@ static int outcome(lua_State *L, int failed)
     }
     fprintf(stderr, "bomarun: %s\n", luaL_tolstring(L, -1, NULL));
     lua_pop(L, 2);
-    return code ? code : 1;
+    return code ? signal_status(code) : 1;
 }
 
 int main(int argc, char **argv)
 {
-    char luadir[PATH_MAX];
-    uv_loop_t *loop = loop_init();
-    lua_State *L = luaL_newstate();
+    uv_loop_t *loop;
+    lua_State *L;
     int failed, code;
+    watchdog_enable();
+    /* Forked now, while bomarun is small and has no thread: a fork costs
+     * little and the watchdog shares nearly all its memory. */
+    if (runs_a_file(argc, argv))
+        watchdog_ensure();
+    loop = loop_init();
+    L = luaL_newstate();
     if (!L) {
         fprintf(stderr, "bomarun: cannot create the Lua state\n");
         return 70;
     }
-    luaL_openlibs(L);
-    sched_init(L, loop);
+    runtime_open(L, loop);
     loop_install_signals();
-    preload(L, "bomarun._sched", luaopen_bomarun__sched);
-    preload(L, "bomarun._proc", luaopen_bomarun__proc);
-    preload(L, "bomarun._json", luaopen_bomarun__json);
-    preload(L, "bomarun._host", luaopen_bomarun__host);
-    preload(L, "bomarun._ssh", luaopen_bomarun__ssh);
-    preload(L, "bomarun._http", luaopen_bomarun__http);
-    preload(L, "bomarun._crypto", luaopen_bomarun__crypto);
-    luaL_requiref(L, "bomarun._host", luaopen_bomarun__host, 0);
-    lua_pop(L, 1);
-    find_lua_dir(luadir, sizeof luadir);
-    set_paths(L, luadir);
     if (push_cli(L, argc, argv) != 0)
         return 70;
     failed = sched_run_main(L, 1);
@@ -169,5 +119,6 @@ int main(int argc, char **argv)
     } else {
         loop_kill_all_groups();
     }
+    watchdog_stop();
     return code;
 }

@@ -32,6 +32,30 @@ extern char **environ;
 
 enum { S_RUNNING, S_TERMINATING, S_KILLED, S_DRAINING, S_DONE };
 
+/* Signal names, for p:kill(name) and for the end a process met. */
+static const struct {
+    const char *name;
+    int sig;
+} sigs[] = {
+    {"TERM", SIGTERM}, {"KILL", SIGKILL}, {"INT", SIGINT},   {"HUP", SIGHUP},
+    {"QUIT", SIGQUIT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"STOP", SIGSTOP},
+    {"CONT", SIGCONT}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"ABRT", SIGABRT},
+    {"SEGV", SIGSEGV}, {"BUS", SIGBUS},   {"FPE", SIGFPE},   {"ILL", SIGILL},
+    {"TRAP", SIGTRAP}, {"SYS", SIGSYS},
+};
+
+/* Pushes "SIGKILL" (or "SIG34" for a signal without a name here). */
+static void push_signal_name(lua_State *L, int sig)
+{
+    size_t k;
+    for (k = 0; k < sizeof sigs / sizeof sigs[0]; k++)
+        if (sigs[k].sig == sig) {
+            lua_pushfstring(L, "SIG%s", sigs[k].name);
+            return;
+        }
+    lua_pushfstring(L, "SIG%d", sig);
+}
+
 struct proc {
     uv_process_t process;
     uv_pipe_t pipes[3]; /* 0 stdin, 1 stdout, 2 stderr */
@@ -51,6 +75,7 @@ struct proc {
     size_t max_output;
     struct bm_stream out[3]; /* stdout (1) and stderr (2) */
     int on_line_ref;
+    int on_start_ref, on_exit_ref; /* called once each */
     int self_ref;
     int ud_gone;
     int waiting;
@@ -58,8 +83,19 @@ struct proc {
     struct bm_resource owner; /* the spawning task: we die with it */
     char *stdin_data;
     size_t stdin_len;
+    char **argv, **env; /* until spawned; freed with p if an option raises */
     char desc[200];
 };
+
+static void strv_free(char **v)
+{
+    size_t i;
+    if (!v)
+        return;
+    for (i = 0; v[i]; i++)
+        free(v[i]);
+    free(v);
+}
 
 static void proc_free(struct proc *p)
 {
@@ -67,8 +103,13 @@ static void proc_free(struct proc *p)
     lua_State *L = sched_main_state();
     for (i = 1; i < 3; i++)
         bm_stream_free(&p->out[i]);
-    if (L)
+    if (L) {
         luaL_unref(L, LUA_REGISTRYINDEX, p->on_line_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, p->on_start_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, p->on_exit_ref);
+    }
+    strv_free(p->argv);
+    strv_free(p->env);
     free(p->stdin_data);
     free(p);
 }
@@ -140,7 +181,35 @@ static int push_outcome(lua_State *L, struct proc *p)
     return 4;
 }
 
-static void finish(struct proc *p)
+/* Calls the on_exit option once, with (pid, code|nil, signal name|nil):
+ * like on_line, from the loop (or the closing of the handle), so it cannot
+ * wait; an error in it is reported, not raised. */
+static void notify_exit(lua_State *L, struct proc *p)
+{
+    int ref = p->on_exit_ref;
+    if (ref == LUA_NOREF || !L)
+        return;
+    p->on_exit_ref = LUA_NOREF;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    lua_pushinteger(L, p->pid);
+    if (p->exited && p->term_signal == 0)
+        lua_pushinteger(L, (lua_Integer)p->exit_status);
+    else
+        lua_pushnil(L);
+    if (p->term_signal)
+        push_signal_name(L, p->term_signal);
+    else
+        lua_pushnil(L);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+        fprintf(stderr, "bomarun: on_exit callback for %s failed: %s\n",
+                p->desc, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+/* L: the thread to run the on_exit callback on. */
+static void finish_on(lua_State *L, struct proc *p)
 {
     int i;
     if (p->stage == S_DONE)
@@ -156,6 +225,7 @@ static void finish(struct proc *p)
         }
     loop_untrack_pgid(p->pid);
     sched_disown(&p->owner);
+    notify_exit(L, p);
     if (p->waiting) {
         lua_State *co = sched_wait_state(&p->w);
         int n;
@@ -164,6 +234,8 @@ static void finish(struct proc *p)
         sched_complete(&p->w, n);
     }
 }
+
+static void finish(struct proc *p) { finish_on(sched_main_state(), p); }
 
 static void close_pipes(struct proc *p)
 {
@@ -288,24 +360,43 @@ static void on_written(uv_write_t *req, int status)
 
 /* --- spawning ----------------------------------------------------------- */
 
-struct spawn_args {
-    char **argv;
-    char **env;
-    const char *cwd;
-};
-
-static char **argv_from(lua_State *L, int opts, struct proc *p)
+/* An option string as C sees it: one with a NUL byte would be cut short,
+ * silently running something else, so it raises. */
+static const char *c_string(lua_State *L, int i, const char *what)
 {
-    char **argv;
+    size_t len;
+    const char *s = lua_tolstring(L, i, &len);
+    if (strlen(s) != len)
+        luaL_error(L, "proc: %s contains a NUL byte", what);
+    return s;
+}
+
+static char *dup_or_raise(lua_State *L, const char *s)
+{
+    char *d = strdup(s);
+    if (!d)
+        luaL_error(L, "proc: out of memory");
+    return d;
+}
+
+/* p->argv from opts.shell or opts.argv.  p owns it from the start, so an
+ * error raised half-way leaks nothing (the handle's __gc frees p). */
+static void argv_from(lua_State *L, int opts, struct proc *p)
+{
+    char what[32];
     size_t n, i, used = 0;
     const char *shell = opts_string(L, opts, WHO, "shell", NULL);
     if (shell) {
-        argv = calloc(4, sizeof *argv);
-        argv[0] = strdup("/bin/sh");
-        argv[1] = strdup("-c");
-        argv[2] = strdup(shell);
-        snprintf(p->desc, sizeof p->desc, "sh -c '%s'", argv[2]);
-        return argv;
+        lua_getfield(L, opts, "shell");
+        shell = c_string(L, -1, "option 'shell'");
+        if (!(p->argv = calloc(4, sizeof *p->argv)))
+            luaL_error(L, "proc: out of memory");
+        p->argv[0] = dup_or_raise(L, "/bin/sh");
+        p->argv[1] = dup_or_raise(L, "-c");
+        p->argv[2] = dup_or_raise(L, shell);
+        lua_pop(L, 1);
+        snprintf(p->desc, sizeof p->desc, "sh -c '%s'", p->argv[2]);
+        return;
     }
     if (!opts_push_table(L, opts, WHO, "argv"))
         luaL_error(L, "proc: argv (a list of strings) or shell (a string) "
@@ -313,20 +404,37 @@ static char **argv_from(lua_State *L, int opts, struct proc *p)
     n = lua_rawlen(L, -1);
     if (n == 0)
         luaL_error(L, "proc: argv is empty");
-    argv = calloc(n + 1, sizeof *argv);
+    if (!(p->argv = calloc(n + 1, sizeof *p->argv)))
+        luaL_error(L, "proc: out of memory");
     for (i = 0; i < n; i++) {
         lua_rawgeti(L, -1, (lua_Integer)i + 1);
         if (!lua_isstring(L, -1))
             luaL_error(L, "proc: argv[%d] is a %s, not a string", (int)i + 1,
                        luaL_typename(L, -1));
-        argv[i] = strdup(lua_tostring(L, -1));
+        snprintf(what, sizeof what, "argv[%d]", (int)i + 1);
+        p->argv[i] = dup_or_raise(L, c_string(L, -1, what));
         if (used < sizeof p->desc - 1)
             used += (size_t)snprintf(p->desc + used, sizeof p->desc - used,
-                                     "%s%s", i ? " " : "", argv[i]);
+                                     "%s%s", i ? " " : "", p->argv[i]);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    return argv;
+}
+
+/* The string at i as a message shows it: a NUL byte as \0.  Pushes it. */
+static const char *shown(lua_State *L, int i)
+{
+    luaL_Buffer b;
+    size_t len, k;
+    const char *s = lua_tolstring(L, i, &len);
+    luaL_buffinit(L, &b);
+    for (k = 0; k < len; k++)
+        if (s[k])
+            luaL_addchar(&b, s[k]);
+        else
+            luaL_addstring(&b, "\\0");
+    luaL_pushresult(&b);
+    return lua_tostring(L, -1);
 }
 
 static int env_key_match(const char *entry, const char *key, size_t klen)
@@ -334,16 +442,49 @@ static int env_key_match(const char *entry, const char *key, size_t klen)
     return strncmp(entry, key, klen) == 0 && entry[klen] == '=';
 }
 
-/* Builds the child's environment: ours (unless clear_env), with opts.env
- * applied (a false value removes a variable).  NULL means inherit. */
-static char **env_from(lua_State *L, int opts)
+/* The key at -2 and value at -1 of opts.env, checked: a key is a non-empty
+ * string without '=' or NUL (the child would see another variable), a
+ * value a string, number or boolean without NUL.  Returns the key. */
+static const char *env_entry(lua_State *L, size_t *klen)
+{
+    const char *k;
+    int t = lua_type(L, -1);
+    if (lua_type(L, -2) != LUA_TSTRING)
+        luaL_error(L, "proc: option 'env': keys must be strings, not a %s",
+                   luaL_typename(L, -2));
+    k = lua_tolstring(L, -2, klen);
+    if (*klen == 0)
+        luaL_error(L, "proc: option 'env': a key is empty");
+    if (strlen(k) != *klen)
+        luaL_error(L, "proc: option 'env': key '%s' contains a NUL byte",
+                   shown(L, -2));
+    if (strchr(k, '='))
+        luaL_error(L, "proc: option 'env': key '%s' contains '='", k);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TBOOLEAN)
+        luaL_error(L,
+                   "proc: option 'env': env['%s'] is a %s, not a string "
+                   "(or false to remove it)",
+                   k, luaL_typename(L, -1));
+    if (t == LUA_TSTRING) {
+        size_t vlen;
+        const char *v = lua_tolstring(L, -1, &vlen);
+        if (strlen(v) != vlen)
+            luaL_error(L, "proc: option 'env': env['%s'] contains a NUL byte",
+                       shown(L, -2));
+    }
+    return k;
+}
+
+/* p->env: ours (unless clear_env), with opts.env applied (a false value
+ * removes a variable).  Left NULL to inherit.  Owned by p as argv is. */
+static void env_from(lua_State *L, int opts, struct proc *p)
 {
     char **env;
     size_t n = 0, cap, i;
     int clear = opts_boolean(L, opts, WHO, "clear_env", 0);
     if (!opts_push_table(L, opts, WHO, "env")) {
         if (!clear)
-            return NULL;
+            return;
         lua_pushnil(L); /* in place of the table */
     }
     cap = 16;
@@ -357,20 +498,18 @@ static char **env_from(lua_State *L, int opts)
             lua_pop(L, 1);
         }
     }
-    env = calloc(cap + 1, sizeof *env);
+    if (!(p->env = env = calloc(cap + 1, sizeof *env)))
+        luaL_error(L, "proc: out of memory");
     if (!clear)
         for (i = 0; environ[i]; i++)
-            env[n++] = strdup(environ[i]);
+            env[n++] = dup_or_raise(L, environ[i]);
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            const char *k;
             size_t klen;
-            if (lua_type(L, -2) != LUA_TSTRING)
-                luaL_error(L, "proc: env keys must be strings");
-            k = lua_tolstring(L, -2, &klen);
+            const char *k = env_entry(L, &klen);
             for (i = 0; i < n; i++)
-                if (env[i] && env_key_match(env[i], k, klen)) {
+                if (env_key_match(env[i], k, klen)) {
                     free(env[i]);
                     env[i] = env[--n];
                     env[n] = NULL;
@@ -381,7 +520,8 @@ static char **env_from(lua_State *L, int opts)
                 const char *v;
                 lua_pushvalue(L, -1);
                 v = luaL_tolstring(L, -1, &vlen);
-                env[n] = malloc(klen + vlen + 2);
+                if (!(env[n] = malloc(klen + vlen + 2)))
+                    luaL_error(L, "proc: out of memory");
                 memcpy(env[n], k, klen);
                 env[n][klen] = '=';
                 memcpy(env[n] + klen + 1, v, vlen + 1);
@@ -392,17 +532,6 @@ static char **env_from(lua_State *L, int opts)
         }
     }
     lua_pop(L, 1);
-    return env;
-}
-
-static void strv_free(char **v)
-{
-    size_t i;
-    if (!v)
-        return;
-    for (i = 0; v[i]; i++)
-        free(v[i]);
-    free(v);
 }
 
 static void read_options(lua_State *L, struct proc *p)
@@ -423,6 +552,8 @@ static void read_options(lua_State *L, struct proc *p)
         p->stdin_len = len;
     }
     p->on_line_ref = opts_ref_function(L, 1, WHO, "on_line");
+    p->on_start_ref = opts_ref_function(L, 1, WHO, "on_start");
+    p->on_exit_ref = opts_ref_function(L, 1, WHO, "on_exit");
 }
 
 /* Pushes nil, "proc: cannot start ...", CODE; returns 3. */
@@ -449,17 +580,17 @@ static void owner_finished(struct bm_resource *r)
         on_timer(&p->timer);
 }
 
-static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
+static int do_spawn(lua_State *L, struct proc *p, const char *cwd)
 {
     uv_process_options_t o;
     uv_stdio_container_t stdio[3];
     uv_loop_t *loop = sched_loop();
     int i, r;
     memset(&o, 0, sizeof o);
-    o.file = a->argv[0];
-    o.args = a->argv;
-    o.env = a->env;
-    o.cwd = a->cwd;
+    o.file = p->argv[0];
+    o.args = p->argv;
+    o.env = p->env;
+    o.cwd = cwd;
     o.exit_cb = on_child_exit;
     o.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
     o.stdio_count = 3;
@@ -477,6 +608,7 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
     p->timer.data = p;
     p->process.data = p;
     p->t_start = uv_hrtime();
+    loop_prepare_group(); /* the watchdog runs before the group exists */
     r = uv_spawn(loop, &p->process, &o);
     p->open_handles = 5; /* process, timer, three pipes */
     if (r < 0) {
@@ -485,7 +617,7 @@ static int do_spawn(lua_State *L, struct proc *p, struct spawn_args *a)
             close_handle(p, (uv_handle_t *)&p->pipes[i]);
         close_handle(p, (uv_handle_t *)&p->timer);
         close_handle(p, (uv_handle_t *)&p->process);
-        return spawn_failed(L, p, r, a->cwd);
+        return spawn_failed(L, p, r, cwd);
     }
     p->pid = p->process.pid;
     p->stage = S_RUNNING;
@@ -518,36 +650,59 @@ static struct proc *check_proc(lua_State *L, int i)
     return *pp;
 }
 
+/* Calls the on_start option with the pid (the group's id) once the process
+ * runs; an error in it is reported, not raised: the process runs now. */
+static void notify_start(lua_State *L, struct proc *p)
+{
+    int ref = p->on_start_ref;
+    if (ref == LUA_NOREF)
+        return;
+    p->on_start_ref = LUA_NOREF;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    lua_pushinteger(L, p->pid);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        fprintf(stderr, "bomarun: on_start callback for %s failed: %s\n",
+                p->desc, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
 /* spawn(opts) -> handle | nil, msg, CODE */
 static int l_proc_spawn(lua_State *L)
 {
     struct proc *p, **pp;
-    struct spawn_args a;
+    const char *cwd;
     int n;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    p = calloc(1, sizeof *p);
-    if (!p)
+    pp = lua_newuserdatauv(L, sizeof *pp, 0); /* index 2 */
+    *pp = NULL;
+    luaL_setmetatable(L, PROC_MT);
+    if (!(p = *pp = calloc(1, sizeof *p)))
         return luaL_error(L, "proc: out of memory");
-    p->on_line_ref = LUA_NOREF;
+    p->on_line_ref = p->on_start_ref = p->on_exit_ref = LUA_NOREF;
     p->self_ref = LUA_NOREF;
     p->stage = S_DONE; /* until it runs: nothing for __gc to stop */
-    pp = lua_newuserdatauv(L, sizeof *pp, 0); /* index 2 */
-    *pp = p;
-    luaL_setmetatable(L, PROC_MT);
-    /* Option errors raise: the userdata's __gc frees p. */
+    /* Option errors raise: the userdata's __gc frees p and what it holds. */
     read_options(L, p);
-    a.argv = argv_from(L, 1, p);
-    a.env = env_from(L, 1);
-    a.cwd = opts_string(L, 1, WHO, "cwd", NULL);
-    n = do_spawn(L, p, &a);
-    strv_free(a.argv);
-    strv_free(a.env);
+    argv_from(L, 1, p);
+    env_from(L, 1, p);
+    if ((cwd = opts_string(L, 1, WHO, "cwd", NULL))) {
+        lua_getfield(L, 1, "cwd");
+        cwd = c_string(L, -1, "option 'cwd'");
+        lua_pop(L, 1); /* opts still holds it */
+    }
+    n = do_spawn(L, p, cwd);
+    strv_free(p->argv);
+    strv_free(p->env);
+    p->argv = p->env = NULL;
     if (n)
         return n;
     lua_pushvalue(L, 2);
     p->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, 2);
+    notify_start(L, p);
+    lua_settop(L, 2);
     return 1;
 }
 
@@ -593,14 +748,6 @@ static int l_proc_run(lua_State *L)
 
 static int signal_from(lua_State *L, int i)
 {
-    static const struct {
-        const char *name;
-        int sig;
-    } sigs[] = {
-        {"TERM", SIGTERM}, {"KILL", SIGKILL}, {"INT", SIGINT},
-        {"HUP", SIGHUP},   {"QUIT", SIGQUIT}, {"USR1", SIGUSR1},
-        {"USR2", SIGUSR2}, {"STOP", SIGSTOP}, {"CONT", SIGCONT},
-    };
     const char *s;
     size_t k;
     if (lua_isnoneornil(L, i))
@@ -686,7 +833,7 @@ static int l_proc_gc(lua_State *L)
         p->stage = S_KILLED;
         close_pipes(p);
         if (p->exited)
-            finish(p);
+            finish_on(L, p);
     }
     p->ud_gone = 1;
     /* Memory goes in the last close callback while libuv still owns it. */

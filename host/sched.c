@@ -61,6 +61,7 @@ static struct bm_task *ready_head, *ready_tail;
 static unsigned long g_next_id = 1;
 static int g_closing;
 static int g_signal_handler_ref = LUA_NOREF;
+static int g_main_ref = LUA_NOREF;         /* the main task's handle */
 static volatile sig_atomic_t g_signal_raw; /* set by the raw handler */
 static int g_signal_dispatched;
 
@@ -571,15 +572,31 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
+void sched_count_hook(lua_State *L, lua_Debug *ar) { count_hook(L, ar); }
+
 void sched_note_signal(void) { g_signal_raw = 1; }
+
+/* The name the Lua handler gets, and the cancellation's message (the exit
+ * status follows the name: main.c). */
+static const char *signal_name(int signum, const char **message)
+{
+    switch (signum) {
+    case SIGTERM: *message = "terminated (SIGTERM)"; return "SIGTERM";
+    case SIGHUP: *message = "hung up (SIGHUP)"; return "SIGHUP";
+    case SIGQUIT: *message = "quit (SIGQUIT)"; return "SIGQUIT";
+    default: *message = "interrupted (SIGINT)"; return "SIGINT";
+    }
+}
 
 void sched_on_signal(int signum, int count)
 {
+    const char *message;
+    const char *name = signal_name(signum, &message);
     g_signal_dispatched = 1;
     g_signal_raw = 0;
     if (g_signal_handler_ref != LUA_NOREF) {
         lua_rawgeti(g_L, LUA_REGISTRYINDEX, g_signal_handler_ref);
-        lua_pushstring(g_L, signum == SIGINT ? "SIGINT" : "SIGTERM");
+        lua_pushstring(g_L, name);
         lua_pushinteger(g_L, count);
         if (lua_pcall(g_L, 2, 0, 0) != LUA_OK) {
             fprintf(stderr, "bomarun: signal handler failed: %s\n",
@@ -591,10 +608,7 @@ void sched_on_signal(int signum, int count)
         }
     }
     if (g_main)
-        sched_cancel(g_main,
-                     signum == SIGINT ? "interrupted (SIGINT)"
-                                      : "terminated (SIGTERM)",
-                     "INTERRUPTED");
+        sched_cancel(g_main, message, "INTERRUPTED");
     g_signal_dispatched = 0;
 }
 
@@ -833,7 +847,7 @@ static int l_sched_now(lua_State *L)
     return 1;
 }
 
-/* on_signal(fn) -> ; fn(signame, count) runs on SIGINT/SIGTERM */
+/* on_signal(fn) -> ; fn(signame, count) runs on SIGINT/TERM/HUP/QUIT */
 static int l_sched_on_signal(lua_State *L)
 {
     if (g_signal_handler_ref != LUA_NOREF)
@@ -1036,6 +1050,7 @@ int luaopen_bomarun__sched(lua_State *L)
 void sched_init(lua_State *L, uv_loop_t *loop)
 {
     g_L = L;
+    g_main_ref = LUA_NOREF;
     g_loop = loop;
     luaL_newmetatable(L, TASK_MT);
     luaL_setfuncs(L, task_meta, 0);
@@ -1061,10 +1076,13 @@ static int live_tasks_exist(void) { return ready_head != NULL; }
 int sched_run_main(lua_State *L, int nargs)
 {
     int ok;
+    /* Called again (a fuzz harness runs one main task per input): the
+     * previous main task's handle may go now. */
+    luaL_unref(L, LUA_REGISTRYINDEX, g_main_ref);
     g_main = sched_spawn(L, nargs, "main");
-    /* Keep the main task's handle (and so its struct) until the state
-     * closes: its result is read after it finished. */
-    luaL_ref(L, LUA_REGISTRYINDEX);
+    /* Keep the main task's handle (and so its struct) until the next run
+     * or the state closes: its result is read after it finished. */
+    g_main_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     for (;;) {
         int alive;
         run_ready();

@@ -68,7 +68,8 @@ void sched_complete(struct bm_wait *w, int nres);
 struct bm_task *sched_spawn(lua_State *L, int nargs, const char *name);
 
 /* Run the loop until the main task has finished and nothing else is live.
- * Returns 0 when the main task ended without error. */
+ * Returns 0 when the main task ended without error.  May be called again
+ * on the same state (one main task per fuzz input). */
 int sched_run_main(lua_State *L, int nargs);
 
 /* Cancel a task (and its children) with a reason and a stable code. */
@@ -85,9 +86,13 @@ int sched_drain(int ms);
 /* Mark that lua_close is about to run: handles free without unref. */
 void sched_close(void);
 
-/* Called by loop.c when SIGINT/SIGTERM arrives (from the loop, not the
- * handler). */
+/* Called by loop.c when SIGINT, SIGTERM, SIGHUP or SIGQUIT arrives (from
+ * the loop, not the handler). */
 void sched_on_signal(int signum, int count);
+/* The count hook sched_init installs (deadlines, pending interrupts), for
+ * an embedder that installs a hook of its own and must chain to it (the
+ * fuzz harnesses add line coverage). */
+void sched_count_hook(lua_State *L, lua_Debug *ar);
 /* Set from the raw signal handler: lets the count hook stop a task that is
  * spinning in Lua code and so never lets the loop run. */
 void sched_note_signal(void);

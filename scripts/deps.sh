@@ -14,6 +14,7 @@ PKGS=(
   procps              # ps/pgrep for the process-group tests
   ansible-core        # bomarun.ansible, and the benchmarks' comparison
   lua-check clang-format cppcheck   # scripts/lint
+  clang libclang-rt-14-dev          # libFuzzer, for tests/fuzz/run.sh (build-fuzz)
 )
 
 missing=()

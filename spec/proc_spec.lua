@@ -52,6 +52,59 @@ describe("proc", function()
     assert.has_error(function() proc.run{argv = {"true"}, timeout = "soon"} end)
   end)
 
+  it("raises, naming the option, on an argv element that is not a string (and leaks nothing)", function()
+    -- Under ASan (tests/lsan.supp) a leak here fails the whole spec run.
+    local ok, err = pcall(proc.run, {argv = {"echo", {}}})
+    assert.is_false(ok)
+    assert.matches("argv%[2%] is a table, not a string", err)
+    ok, err = pcall(proc.spawn, {argv = {"echo", "a", function() end}, env = {A = "1"}})
+    assert.is_false(ok)
+    assert.matches("argv%[3%] is a function", err)
+  end)
+
+  it("raises on a NUL byte in argv, shell, cwd or env instead of cutting the string", function()
+    local cases = {
+      {{argv = {"echo", "a\0b"}}, "argv%[2%] contains a NUL byte"},
+      {{argv = {"ec\0ho"}}, "argv%[1%] contains a NUL byte"},
+      {{shell = "echo a\0; rm -rf /nonexistent"}, "option 'shell' contains a NUL byte"},
+      {{argv = {"pwd"}, cwd = "/tmp\0/x"}, "option 'cwd' contains a NUL byte"},
+      {{argv = {"env"}, env = {A = "x\0y"}}, "option 'env': env%['A'%] contains a NUL byte"},
+      {{argv = {"env"}, env = {["A\0B"] = "x"}}, "option 'env': key 'A\\0B' contains a NUL byte"},
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(proc.run, c[1])
+      assert.is_false(ok, c[2])
+      assert.matches(c[2], err)
+    end
+  end)
+
+  it("raises on an env key with '=' (it would set another variable) or an empty key", function()
+    local ok, err = pcall(proc.run, {argv = {"env"}, env = {["A=B"] = "x"}})
+    assert.is_false(ok)
+    assert.matches("option 'env': key 'A=B' contains '='", err)
+    ok, err = pcall(proc.run, {argv = {"env"}, env = {[""] = "x"}})
+    assert.is_false(ok)
+    assert.matches("option 'env': a key is empty", err)
+    ok, err = pcall(proc.run, {argv = {"env"}, env = {A = {}}})
+    assert.is_false(ok)
+    assert.matches("env%['A'%] is a table", err)
+    -- numbers and booleans still work as before
+    local r = assert(proc.run{argv = {"sh", "-c", "echo $N $T"}, env = {N = 42, T = true}})
+    assert.equal("42 true\n", r.stdout)
+  end)
+
+  it("calls on_start with the group's pid and on_exit once it is reaped", function()
+    local started, ended
+    local r = assert(proc.run{shell = "exit 4", on_start = function(pid) started = pid end,
+                              on_exit = function(pid, code, sig) ended = {pid, code, sig} end})
+    assert.equal(r.pid, started)
+    assert.same({r.pid, 4}, ended)
+    local h = assert(proc.spawn{argv = {"sleep", "30"}, on_exit = function(pid, code, sig) ended = {pid, code, sig} end})
+    h:kill("KILL")
+    h:wait()
+    assert.same({h:pid(), nil, "SIGKILL"}, ended)
+  end)
+
   it("streams lines while the process runs, not after", function()
     local seen = {}
     local t0 = task.now()

@@ -1,0 +1,1 @@
+return {cluster = 1, replicas = "3", flags = "x", debug = "yes"}
