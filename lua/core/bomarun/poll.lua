@@ -18,6 +18,7 @@
 local task = require "bomarun.task"
 local log = require "bomarun.log"
 local json = require "bomarun.json"
+local secret = require "bomarun.secret"
 local step_ctx = require "bomarun.step"
 
 local M = {}
@@ -44,7 +45,12 @@ end
 local function show(v)
   if type(v) == "table" then
     local ok, s = pcall(json.encode, v)
-    if ok then return #s > 120 and s:sub(1, 117) .. "..." or s end
+    if ok then
+      -- Redact before cutting: a cut could split a secret and hide it from
+      -- the redaction of the line it ends up in.
+      s = secret.redact(s)
+      return #s > 120 and s:sub(1, 117) .. "..." or s
+    end
   end
   return tostring(v)
 end

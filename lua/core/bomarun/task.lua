@@ -235,7 +235,7 @@ end
 function M.parallel(fns, opts)
   opts = opts or {}
   local n = #fns
-  local limit = opts.limit or n
+  local limit = opts.limit or math.max(n, 1)   -- no functions: no workers, {} back
   if type(limit) ~= "number" or limit < 1 then
     error("task.parallel: limit must be a number >= 1", 2)
   end

@@ -15,10 +15,27 @@ local M = {}
 local SAFE = {"assert", "error", "ipairs", "next", "pairs", "select", "tonumber",
               "tostring", "type", "pcall", "rawequal", "rawget", "rawlen", "unpack"}
 
+-- A profile gets its own copy of each library table: with the host's, a
+-- profile could replace string.find or table.concat for the whole run (and
+-- switch redaction off).  Left out: string.dump (code, not data) and
+-- math.randomseed (it would reseed the host's generator).  The string
+-- metatable's __index stays the host's string table, but a profile cannot
+-- reach it: there is no getmetatable here and strings have no __newindex.
+local LEAVE_OUT = {string = {dump = true}, math = {randomseed = true}}
+
+local function copy_lib(name, lib)
+  local c, skip = {}, LEAVE_OUT[name] or {}
+  for k, v in pairs(lib) do
+    if not skip[k] then c[k] = v end
+  end
+  return c
+end
+
 local function sandbox()
   local env = {}
   for _, k in ipairs(SAFE) do env[k] = _G[k] end
-  env.string, env.math, env.table, env.utf8 = string, math, table, utf8
+  env.string, env.math = copy_lib("string", string), copy_lib("math", math)
+  env.table, env.utf8 = copy_lib("table", table), copy_lib("utf8", utf8)
   env.secret = {env = secret.env, file = secret.file}
   return env
 end

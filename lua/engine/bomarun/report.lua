@@ -67,9 +67,27 @@ local FAILING = {FAIL = true, INTERRUPTED = true}
 ---@field interrupted string|nil  the signal name
 ---@field aborted string|nil      the id whose failure stopped the run
 ---@field counts table<string, integer>  status -> entries
+---@field process_groups bomarun.ReportProcessGroup[]  every proc_start, in order
+---@field leftover_process_groups bomarun.ReportProcessGroup[]  started, never seen to end, and the run did not end cleanly
+---@field evidence_error string|nil  the journal could not be written (the run exits 3)
+
+---@class bomarun.ReportProcessGroup  a process group a step started (proc_start / proc_end events)
+---@field pgid integer
+---@field pid integer|nil
+---@field argv0 string|nil
+---@field step string|nil
+---@field ended boolean
+---@field code integer|nil
+---@field signal string|nil
+
+-- Text of a field a hand-edited or torn journal may lack or mistype.
+local function field_text(v, default)
+  if v == nil then return default end
+  return tostring(v)
+end
 
 local function new_entry(kind, d, phase, bar)
-  return {kind = kind, id = d.id, title = d.title, phase = phase, bar = bar,
+  return {kind = kind, id = field_text(d.id, "?"), title = field_text(d.title, ""), phase = phase, bar = bar,
           mutation = d.mutation, status = "NOT_RUN", gates = {}, checks = {},
           outstanding = d.outstanding, deferred = d.deferred}
 end
@@ -126,12 +144,44 @@ function handlers.poll(m, ev)
 end
 
 function handlers.capture(m, ev)
+  if ev.key == nil then return end
   m.captures[ev.key] = ev.value
   m.capture_order[#m.capture_order + 1] = ev.key
 end
 
 function handlers.cleanup_registered(m, ev)
+  if math.type(ev.index) ~= "integer" then return end
   m.cleanups[ev.index] = {index = ev.index, step = ev.step, description = ev.description, status = "PENDING"}
+end
+
+-- Process groups (proc_start / proc_end, from bomarun.proc), by pgid.
+local function process_group(m, pgid)
+  local key = tostring(pgid)
+  local g = m.pgroups[key]
+  if not g then
+    g = {pgid = pgid, ended = false}
+    m.pgroups[key] = g
+    m.process_groups[#m.process_groups + 1] = g
+  end
+  return g
+end
+
+function handlers.proc_start(m, ev)
+  if ev.pgid == nil then return end
+  local g = process_group(m, ev.pgid)
+  g.pid, g.argv0, g.step, g.ended, g.code, g.signal = ev.pid, ev.argv0, ev.step, false, nil, nil
+end
+
+function handlers.proc_end(m, ev)
+  if ev.pgid == nil then return end
+  local g = process_group(m, ev.pgid)
+  g.ended, g.code, g.signal = true, ev.code, ev.signal
+  g.step = g.step or ev.step
+end
+
+function handlers.evidence_error(m, ev)
+  m.evidence_error = tostring(ev.message)
+  m.warnings[#m.warnings + 1] = m.evidence_error
 end
 
 function handlers.cleanup_end(m, ev)
@@ -164,11 +214,15 @@ function handlers.run_end(m, ev)
   m.duration = ev.duration
 end
 
+-- 128 + the signal's number, as a shell reports a process it killed.
+local INTERRUPT_EXIT = {SIGINT = 130, SIGTERM = 143, SIGHUP = 129, SIGQUIT = 131}
+
 --- Compute the exit status the entries stand for.
 ---@param m bomarun.ReportModel
----@return integer exit_status  0, 1, 130 (SIGINT) or 143 (SIGTERM)
+---@return integer exit_status  0, 1, 3 (the evidence could not be written), 130 (SIGINT) or 143 (SIGTERM)
 function M.exit_code(m)
-  if m.interrupted then return m.interrupted == "SIGTERM" and 143 or 130 end
+  if m.evidence_error then return 3 end
+  if m.interrupted then return INTERRUPT_EXIT[m.interrupted] or 130 end
   for _, e in ipairs(m.entries) do
     if FAILING[e.status] then return 1 end
     if e.status == "OUTSTANDING" and m.run.strict then return 1 end
@@ -186,18 +240,35 @@ end
 ---@return bomarun.ReportModel
 function M.build(events, warnings)
   local m = {entries = {}, by_id = {}, bars = {}, cleanups = {}, captures = {}, capture_order = {},
-             module_events = {},
+             module_events = {}, process_groups = {}, pgroups = {}, leftover_process_groups = {},
              run = {}, runbook = {}, warnings = warnings or {}, complete = false}
   for _, ev in ipairs(events) do
+    -- Fields the report computes with must have their types; anything
+    -- else (a journal edited by hand) is dropped with a warning.
+    if ev.t ~= nil and type(ev.t) ~= "number" then
+      m.warnings[#m.warnings + 1] = string.format("event %s: its time is not a number", tostring(ev.seq))
+      ev.t = nil
+    end
+    if ev.type == "step_end" and type(ev.status) ~= "string" then
+      m.warnings[#m.warnings + 1] = string.format("event %s: step_end without a status", tostring(ev.seq))
+      ev.status = "UNKNOWN"
+    end
     local h = handlers[ev.type]
     if h then
-      h(m, ev)
+      -- An event this code cannot read (a journal edited by hand, say) is
+      -- a warning, never the end of the report.
+      local ok, err = pcall(h, m, ev)
+      if not ok then
+        m.warnings[#m.warnings + 1] = string.format("event %s (%s) could not be read: %s", tostring(ev.seq),
+          tostring(ev.type), tostring(err))
+      end
     elseif ev.step and ev.type ~= "step_start" then
       -- A module's own events (Step:event): kept per step, in order.
       m.module_events[#m.module_events + 1] = ev
     end
     if ev.type == "step_end" and ev.aborts then m.aborted = ev.id end
   end
+  m.pgroups = nil
   local last = events[#events]
   if not m.complete then
     m.warnings[#m.warnings + 1] = "the journal has no run_end event: the run was killed or crashed; " ..
@@ -213,6 +284,11 @@ function M.build(events, warnings)
     m.duration = m.run.started and last and (last.t - m.run.started) or nil
     m.exit_code = M.exit_code(m)
     if m.exit_code == 0 then m.exit_code = 1 end
+    -- Nobody saw these end: they may still be running (a kill -9 cannot
+    -- take its process groups with it).
+    for _, g in ipairs(m.process_groups) do
+      if not g.ended then m.leftover_process_groups[#m.leftover_process_groups + 1] = g end
+    end
   end
   m.counts = {}
   for _, e in ipairs(m.entries) do
@@ -262,11 +338,28 @@ M.deferred_text = deferred_text
 
 local function verdict(m)
   if m.status == "INCOMPLETE" then return "INCOMPLETE (killed; rebuilt from the journal)" end
+  if m.evidence_error then return "FAILED (the evidence could not be written)" end
   if m.interrupted then return "INTERRUPTED" end
   if m.exit_code == 0 then return "PASSED" end
   return "FAILED"
 end
 M.verdict = verdict
+
+--- The process groups left running, as one line ("" when there are none):
+--- "Process groups still running when the journal ended: pgid N (argv0,
+--- step ID), ...".
+---@param m bomarun.ReportModel
+---@return string
+function M.leftover_text(m)
+  local l = m.leftover_process_groups or {}
+  if #l == 0 then return "" end
+  local parts = {}
+  for _, g in ipairs(l) do
+    parts[#parts + 1] = string.format("pgid %s (%s, step %s)", tostring(g.pgid), tostring(g.argv0 or "?"),
+      tostring(g.step or "?"))
+  end
+  return "Process groups still running when the journal ended: " .. table.concat(parts, ", ")
+end
 
 --- The acceptance summary an operator pastes into a ticket.
 ---@param m bomarun.ReportModel
@@ -341,8 +434,13 @@ function M.summary_text(m)
       end
     end
   end
-  for _, w in ipairs(m.warnings) do add("WARNING: " .. w) end
-  return table.concat(out, "\n") .. "\n"
+  local leftover = M.leftover_text(m)
+  if leftover ~= "" then
+    add("")
+    add(leftover)
+  end
+  for _, w in ipairs(m.warnings) do add("WARNING: " .. tostring(w)) end
+  return json.escape_utf8(table.concat(out, "\n")) .. "\n"
 end
 
 local function xml(s)
@@ -422,50 +520,86 @@ function M.json_text(m)
   end
   local cleanups = {}
   for _, c in ipairs(m.cleanups) do cleanups[#cleanups + 1] = c end
-  return json.encode({
+  local leftover = {}
+  for _, g in ipairs(m.leftover_process_groups or {}) do
+    leftover[#leftover + 1] = {pgid = g.pgid, pid = g.pid, argv0 = g.argv0, step = g.step}
+  end
+  -- Sanitized: a report is never lost to a value JSON cannot hold.
+  local doc = json.sanitize({
     runbook = m.runbook, run = m.run, status = verdict(m), exit_code = m.exit_code,
     complete = m.complete, interrupted = m.interrupted, duration = m.duration,
     counts = m.counts, entries = json.array(entries), cleanups = json.array(cleanups),
     captures = json.object(m.captures), warnings = json.array(m.warnings),
-    events = json.array(m.module_events),
-  }, {indent = 2}) .. "\n"
+    events = json.array(m.module_events), leftover_process_groups = json.array(leftover),
+    evidence_error = m.evidence_error,
+  })
+  return json.encode(doc, {indent = 2}) .. "\n"
 end
 
+-- Write a file whole or not at all: into PATH.tmp, every write and the
+-- close checked, then renamed over PATH (a full disk leaves the old report,
+-- or none, never a cut one).
 local function write(path, text)
-  local f, err = io.open(path, "w")
-  if not f then return nil, "report: cannot write " .. path .. ": " .. tostring(err) end
-  f:write(text)
-  f:close()
+  local tmp = path .. ".tmp"
+  local function failed(err)
+    os.remove(tmp)
+    err = tostring(err)
+    if err:sub(1, #tmp + 2) == tmp .. ": " then err = err:sub(#tmp + 3) end
+    return nil, "report: cannot write " .. path .. ": " .. err
+  end
+  local f, err = io.open(tmp, "wb")
+  if not f then return failed(err) end
+  local ok, werr = f:write(text)
+  local cok, cerr = f:close()
+  if not ok then return failed(werr) end
+  if not cok then return failed(cerr) end
+  local rok, rerr = os.rename(tmp, path)
+  if not rok then return failed(rerr) end
   return true
 end
 
---- Write report.json, junit.xml and summary.txt into dir.
+local REPORTS = {{"report.json", "json_text"}, {"junit.xml", "junit_text"}, {"summary.txt", "summary_text"}}
+
+--- Write report.json, junit.xml and summary.txt into dir, each on its own:
+--- one that cannot be built or written does not stop the others.  Returns
+--- true, or nil and one line per report that failed.
 ---@param dir string
 ---@param m bomarun.ReportModel
 ---@return true|nil ok, string|nil err
 function M.write_all(dir, m)
-  local ok, err = write(dir .. "/report.json", M.json_text(m))
-  if ok then ok, err = write(dir .. "/junit.xml", M.junit_text(m)) end
-  if ok then ok, err = write(dir .. "/summary.txt", M.summary_text(m)) end
-  return ok, err
+  local errs = {}
+  for _, r in ipairs(REPORTS) do
+    local path = dir .. "/" .. r[1]
+    local ok, text = pcall(M[r[2]], m)
+    local wok, werr
+    if ok then
+      wok, werr = write(path, text)
+    else
+      werr = "report: cannot build " .. path .. ": " .. tostring(text)
+    end
+    if not wok then errs[#errs + 1] = werr end
+  end
+  if #errs > 0 then return nil, table.concat(errs, "\n") end
+  return true
 end
 
 --- `bomarun report RUN_DIR`: rebuild every report from events.jsonl.
 ---@param dir string
----@return integer exit_status  the run's own, or 2 when the reports cannot be rebuilt
+---@return integer exit_status  the run's own; 2 when the journal cannot be read, 3 when a report cannot be written
 function M.cli(dir)
   dir = dir:gsub("/+$", "")
   local m, err = M.load(dir)
   if not m then
-    io.stderr:write("bomarun: " .. err .. "\n")
+    io.stderr:write("bomarun: " .. json.escape_utf8(err) .. "\n")
     return 2
   end
   local ok, werr = M.write_all(dir, m)
+  local sok, summary = pcall(M.summary_text, m)
+  io.stdout:write(sok and summary or ("(no summary: " .. tostring(summary) .. ")\n"))
   if not ok then
-    io.stderr:write("bomarun: " .. werr .. "\n")
-    return 2
+    for line in werr:gmatch("[^\n]+") do io.stderr:write("bomarun: " .. json.escape_utf8(line) .. "\n") end
+    return 3
   end
-  io.stdout:write(M.summary_text(m))
   io.stdout:write("reports rebuilt from the journal: " .. dir .. "/{report.json,junit.xml,summary.txt}\n")
   return m.exit_code or 1
 end

@@ -14,19 +14,73 @@ local M = {}
 
 local RUNBOOK_MT = {__name = "bomarun.runbook"}
 
---- A runbook definition error: reported with exit status 2.
-local function definition_error(msg, level)
-  local info = debug.getinfo((level or 2) + 1, "Sl")
-  local where = info and info.short_src and info.currentline and info.currentline > 0
-    and (info.short_src .. ":" .. info.currentline .. ": ") or ""
-  error({runbook_error = true, message = where .. msg}, 0)
+-- The Lua library's own directory (".../lua/"): frames in it are never the
+-- runbook's.
+local LIB = debug.getinfo(1, "S").source:match("^@(.*/)engine/bomarun/runbook%.lua$")
+
+-- The frame that defined something: from `level` up, the first Lua frame
+-- outside the library (C frames such as pcall are passed over).  Nil when
+-- the library is reached first: `return runbook{...}` is a tail call, so
+-- the runbook file's own frame is gone by the time runbook.new runs (the
+-- command line then names the file).
+local function frame(level)
+  level = level + 1
+  while true do
+    local info = debug.getinfo(level, "Sl")
+    if not info then return nil end
+    if info.what ~= "C" then
+      local src = info.source or ""
+      if src:sub(1, 1) == "@" and LIB and src:sub(2, #LIB + 1) == LIB then return nil end
+      if info.currentline and info.currentline > 0 then return info end
+    end
+    level = level + 1
+  end
+end
+
+--- A runbook definition error: reported with exit status 2.  `level` as
+--- for error(); `at` (a "file:line") overrides it.  The error is a table
+--- {runbook_error = true, message = "file:line: msg", located = boolean}.
+local function definition_error(msg, level, at)
+  if not at then
+    local info = frame((level or 2) + 1)
+    at = info and (info.short_src .. ":" .. info.currentline) or nil
+  end
+  error({runbook_error = true, message = (at and (at .. ": ") or "") .. msg, located = at ~= nil}, 0)
 end
 M.definition_error = definition_error
 
 local function where(level)
-  local info = debug.getinfo(level + 1, "Sl")
+  local info = frame(level + 1)
   if not info then return nil, nil end
   return info.source and info.source:gsub("^@", "") or nil, info.currentline
+end
+
+-- An id: a non-empty string without NUL bytes (ids name files and journal keys).
+local function check_id(id, what, level)
+  if type(id) ~= "string" or id == "" then
+    definition_error(what, level + 1)
+  end
+  if id:find("\0", 1, true) then
+    definition_error(string.format("id %q contains a NUL byte", id), level + 1)
+  end
+end
+
+-- needs: a list of names or a map name -> type name.
+local function check_needs(needs, who, level)
+  if needs == nil then return end
+  if type(needs) ~= "table" then
+    definition_error(who .. ": needs must be a list of names or a map name = \"type\", not a " .. type(needs),
+      level + 1)
+  end
+  for k, v in pairs(needs) do
+    if math.type(k) == "integer" then
+      if type(v) ~= "string" then
+        definition_error(who .. ": needs entry " .. k .. " must be a name (string), not a " .. type(v), level + 1)
+      end
+    elseif type(k) ~= "string" or type(v) ~= "string" then
+      definition_error(who .. ": needs must map names to type names, e.g. {cluster = \"string\"}", level + 1)
+    end
+  end
 end
 
 local function check_type(v, kind, what, level)
@@ -75,14 +129,14 @@ end
 function M.step(t)
   if type(t) ~= "table" then definition_error("runbook.step expects a table", 2) end
   local id, title, body = t[1], t[2], t[3] or t.body
-  if type(id) ~= "string" or id == "" then
-    definition_error("a step needs an id string first, e.g. runbook.step{\"8.1\", \"Title\", function(s) ... end}", 2)
-  end
+  check_id(id, "a step needs an id string first, e.g. runbook.step{\"8.1\", \"Title\", function(s) ... end}", 2)
   if type(title) ~= "string" then definition_error("step " .. id .. " needs a title string", 2) end
   if type(body) ~= "function" then definition_error("step " .. id .. " needs a body function", 2) end
   check_type(t.timeout, "number", "step " .. id .. ": timeout", 2)
   check_type(t.gates, "table", "step " .. id .. ": gates", 2)
   check_type(t.diagnose, "function", "step " .. id .. ": diagnose", 2)
+  check_type(t.description, "string", "step " .. id .. ": description", 2)
+  check_needs(t.needs, "step " .. id, 2)
   local src, line = where(2)
   return {kind = "step", id = id, title = title, body = body, mutation = t.mutation and true or false,
           timeout = t.timeout, needs = t.needs, gates = t.gates, description = t.description,
@@ -96,6 +150,8 @@ function M.phase(t)
   if type(t) ~= "table" or type(t[1]) ~= "string" then
     definition_error("runbook.phase expects {\"Title\", step, ...}", 2)
   end
+  if t.id ~= nil then check_id(t.id, "phase '" .. t[1] .. "': id must be a non-empty string", 2) end
+  check_type(t.description, "string", "phase '" .. t[1] .. "': description", 2)
   local children = {}
   for k = 2, #t do
     local c = t[k]
@@ -156,12 +212,15 @@ end
 function M.item(t)
   if type(t) ~= "table" then definition_error("runbook.item expects a table", 2) end
   local id, title, body = t[1], t[2], t[3] or t.body
-  if type(id) ~= "string" then definition_error("an acceptance item needs an id string first", 2) end
+  check_id(id, "an acceptance item needs an id string first", 2)
   if type(title) ~= "string" then definition_error("item " .. id .. " needs a title string", 2) end
   if body == nil and t.outstanding == nil and t.deferred == nil then
     definition_error("item " .. id .. " needs a body function, outstanding = \"...\" or deferred = \"DECISION: reason\"", 2)
   end
   if body ~= nil and type(body) ~= "function" then definition_error("item " .. id .. ": body must be a function", 2) end
+  check_type(t.timeout, "number", "item " .. id .. ": timeout", 2)
+  check_type(t.outstanding, "string", "item " .. id .. ": outstanding", 2)
+  check_needs(t.needs, "item " .. id, 2)
   local src, line = where(2)
   return {kind = "item", id = id, title = title, body = body, outstanding = t.outstanding,
           deferred = t.deferred ~= nil and parse_deferred(t.deferred, id) or nil,
@@ -175,6 +234,7 @@ function M.acceptance(t)
   if type(t) ~= "table" or type(t[1]) ~= "string" or type(t[2]) ~= "string" then
     definition_error("runbook.acceptance expects {\"ID\", \"Title\", item, ...}", 2)
   end
+  check_id(t[1], "runbook.acceptance expects {\"ID\", \"Title\", item, ...}", 2)
   local items = {}
   for k = 3, #t do
     if type(t[k]) ~= "table" or t[k].kind ~= "item" then
@@ -217,17 +277,29 @@ end
 function M.new(t)
   if type(t) ~= "table" then definition_error("runbook{...} expects a table", 2) end
   if type(t.id) ~= "string" or not t.id:match("^[%w._-]+$") then
-    definition_error("a runbook needs an id of letters, digits, '.', '_' or '-'", 2)
+    definition_error("a runbook needs an id of letters, digits, '.', '_' or '-'" ..
+      (t.id ~= nil and string.format(" (got %s)", type(t.id) == "string" and string.format("%q", t.id) or ("a " .. type(t.id)))
+       or ""), 2)
   end
   if type(t.title) ~= "string" then definition_error("runbook " .. t.id .. " needs a title", 2) end
   check_type(t.decisions, "table", "decisions", 2)
   check_type(t.defaults, "table", "defaults", 2)
+  check_type(t.description, "string", "description", 2)
+  check_needs(t.needs, "runbook " .. t.id, 2)
   local rb = {id = t.id, title = t.title, description = t.description, decisions = t.decisions or {},
               profile = t.profile, needs = t.needs or {}, defaults = t.defaults or {}, children = {}}
+  -- A duplicate is blamed on its own definition (the runbook's file and
+  -- line), with where the first one is.
   local seen = {}
-  local function claim(id, what)
-    if seen[id] then definition_error("duplicate id '" .. id .. "' (" .. what .. ")", 5) end
-    seen[id] = true
+  local function claim(node, what)
+    local id = node.id
+    local at = node.source and node.line and (node.source .. ":" .. node.line) or nil
+    local first = seen[id]
+    if first then
+      definition_error("duplicate id '" .. id .. "' (" .. what .. (first.at and ("; the first is at " .. first.at) or "")
+        .. ")", 2, at)
+    end
+    seen[id] = {at = at}
   end
   for k = 1, #t do
     local c = t[k]
@@ -240,11 +312,11 @@ function M.new(t)
   rb.units = {}
   local function add(c, phase)
     if c.kind == "step" then
-      claim(c.id, "step")
+      claim(c, "step")
       rb.units[#rb.units + 1] = {node = c, phase = phase}
     elseif c.kind == "acceptance" then
-      claim(c.id, "acceptance bar")
-      for _, it in ipairs(c.items) do claim(it.id, "acceptance item") end
+      claim(c, "acceptance bar")
+      for _, it in ipairs(c.items) do claim(it, "acceptance item") end
       rb.units[#rb.units + 1] = {node = c, phase = phase}
     end
   end

@@ -1,5 +1,6 @@
 --- Running a runbook's units: each step or item body as a task of its own,
 --- its log, its outcome, the console line; acceptance bars item by item.
+local json = require "bomarun.json"
 local log = require "bomarun.log"
 local report = require "bomarun.report"
 local sched = require "bomarun._sched"
@@ -36,6 +37,8 @@ local M = {}
 ---@field abandon_cleanups boolean|nil
 ---@field current_task bomarun.Task|nil
 ---@field cleanup_task bomarun.Task|nil
+---@field evidence_error string|nil  the journal or a step log could not be written
+---@field evidence_failed fun(msg: string)  say so once; the run stops after the running step
 
 local STATUS_COLOUR = {PASS = "green", FAIL = "red", INTERRUPTED = "red", DEFERRED = "blue",
                        OUTSTANDING = "yellow", SKIPPED = "grey", NOT_RUN = "grey"}
@@ -48,6 +51,8 @@ local STATUS_COLOUR = {PASS = "green", FAIL = "red", INTERRUPTED = "red", DEFERR
 ---@param duration? number  seconds
 ---@param note? string
 function M.console_result(run, id, title, status, duration, note)
+  id, title = json.escape_utf8(tostring(id)), json.escape_utf8(tostring(title))
+  if type(note) == "string" then note = json.escape_utf8(secret.redact(note)) end
   local dots = string.rep(".", math.max(2, 46 - math.max(#id, 8) - #title))
   local badge = log.paint(STATUS_COLOUR[status] or "bold", string.format("%-11s", status))
   local line = string.format("  %-8s %s %s %s", id, title, dots, badge)
@@ -58,18 +63,31 @@ function M.console_result(run, id, title, status, duration, note)
 end
 
 --- Open the next step log, steps/NN-ID.log in the run directory.
---- Returns a line writer (redacted, time-stamped; a no-op if the file
---- could not be opened), its closer and the log's relative path.
+--- Returns a line writer (redacted, invalid UTF-8 escaped as in the
+--- journal, time-stamped, one unbuffered write per line), its closer and
+--- the log's relative path.  A log that cannot be opened or written is
+--- evidence lost: run.evidence_failed says so (and the writer stops).
 ---@param run bomarun.Run
 ---@param id string
 ---@return fun(line: string) sink, fun() close, string rel
 function M.open_step_log(run, id)
   run.log_seq = run.log_seq + 1
   local rel = string.format("steps/%02d-%s.log", run.log_seq, (id:gsub("[^%w._-]+", "_")))
-  local f = io.open(run.dir .. "/" .. rel, "a")
-  if f then f:setvbuf("line") end
+  local path = run.dir .. "/" .. rel
+  local f, oerr = io.open(path, "a")
+  if f then
+    f:setvbuf("no")
+  elseif run.evidence_failed then
+    run.evidence_failed("step log: cannot open " .. path .. ": " .. tostring(oerr))
+  end
   local function sink(line)
-    if f then f:write(os.date("!%H:%M:%S "), secret.redact(line), "\n") end
+    if not f then return end
+    local ok, err = f:write(os.date("!%H:%M:%S ") .. json.escape_utf8(secret.redact(tostring(line))) .. "\n")
+    if not ok then
+      pcall(f.close, f)
+      f = nil
+      if run.evidence_failed then run.evidence_failed("step log: cannot write " .. path .. ": " .. tostring(err)) end
+    end
   end
   -- Late lines (a process the step left behind) are dropped, not errors.
   local function close()
@@ -195,11 +213,12 @@ end
 ---@param sel table<string, string>  id -> why it is skipped (runner.select)
 ---@return boolean
 function M.run_acceptance(run, node, sel)
-  log.console(log.paint("bold", "  == " .. node.id .. " " .. node.title))
+  log.console(log.paint("bold", json.escape_utf8("  == " .. node.id .. " " .. node.title)))
   local failed = false
   for _, it in ipairs(node.items) do
-    if run.aborted or run.interrupted then
-      skip_entry(run, it.id, "item", "NOT_RUN", run.interrupted and "the run was interrupted" or "an earlier gate failed")
+    if run.aborted or run.interrupted or run.evidence_error then
+      skip_entry(run, it.id, "item", "NOT_RUN", run.interrupted and "the run was interrupted"
+        or run.evidence_error and "the evidence could not be written" or "an earlier gate failed")
     elseif sel[it.id] then
       local status = sel[it.id] == "resumed" and "PASS" or "SKIPPED"
       skip_entry(run, it.id, "item", status, sel[it.id])
@@ -230,9 +249,9 @@ end
 ---@param node bomarun.StepNode
 ---@param sel table<string, string>  id -> why it is skipped (runner.select)
 function M.run_step(run, node, sel)
-  if run.aborted or run.interrupted then
+  if run.aborted or run.interrupted or run.evidence_error then
     skip_entry(run, node.id, "step", "NOT_RUN", run.interrupted and "the run was interrupted"
-      or ("step " .. run.aborted .. " failed"))
+      or run.aborted and ("step " .. run.aborted .. " failed") or "the evidence could not be written")
     return
   end
   if sel[node.id] then

@@ -8,6 +8,7 @@ local sched = require "bomarun._sched"
 local json = require "bomarun.json"
 local journal_mod = require "bomarun.journal"
 local log = require "bomarun.log"
+local proc = require "bomarun.proc"
 local profile = require "bomarun.profile"
 local report = require "bomarun.report"
 local task = require "bomarun.task"
@@ -19,7 +20,7 @@ local cleanups = require "bomarun.runner.cleanups"
 
 local M = {}
 
-local EXIT_OK, EXIT_USAGE = 0, 2
+local EXIT_OK, EXIT_USAGE, EXIT_EVIDENCE = 0, 2, 3
 
 local function run_dir_parent(opts)
   return opts.run_dir or os.getenv("BOMARUN_RUN_DIR") or "runs"
@@ -60,7 +61,24 @@ local function load_resume(rb, dir)
   for _, e in ipairs(m.entries) do
     if e.status == "PASS" then passed[e.id] = true end
   end
-  return {passed = passed, captures = m.captures, id = m.run.id, dir = dir, profile = m.run.profile}
+  -- A passed step whose cleanup ran (DONE, or FAILED half-way) has had its
+  -- work undone: it runs again, and what it captured is dropped.
+  local undone = {}
+  for _, c in pairs(m.cleanups) do
+    if (c.status == "DONE" or c.status == "FAILED") and passed[c.step] then
+      passed[c.step] = nil
+      undone[#undone + 1] = {step = c.step, description = c.description}
+    end
+  end
+  table.sort(undone, function(a, b) return a.step < b.step end)
+  local captures = {}
+  for k, v in pairs(m.captures) do captures[k] = v end
+  for _, u in ipairs(undone) do
+    for _, ev in ipairs(events) do
+      if ev.type == "capture" and ev.step == u.step then captures[ev.key] = nil end
+    end
+  end
+  return {passed = passed, captures = captures, id = m.run.id, dir = dir, profile = m.run.profile, undone = undone}
 end
 
 local function new_run_dir(rb, opts)
@@ -71,7 +89,10 @@ local function new_run_dir(rb, opts)
     dir = parent .. "/" .. rb.id .. "-" .. id
   until not host.exists(dir)
   local ok, err = host.mkdir(dir .. "/steps")
-  if not ok then return nil, nil, "cannot create the run directory: " .. err end
+  if not ok then
+    return nil, nil, "cannot create the run directory " .. dir .. " (--run-dir " .. parent ..
+      " must be a writable directory): " .. err
+  end
   return dir, rb.id .. "-" .. id
 end
 
@@ -127,6 +148,16 @@ local function start_run(rb, opts, p)
   local run = {id = run_id, dir = dir, env = p.env, state = {}, journal = jr, cleanups = {}, log_seq = 0,
                keep = opts.keep, profile_name = p.profile_name, verbose = os.getenv("BOMARUN_VERBOSE") ~= nil,
                t_start = task.now()}
+  -- Evidence that cannot be written (a full disk): said at once, the run
+  -- stops after the running step, and it exits 3.
+  function run.evidence_failed(msg)
+    io.stderr:write("bomarun: " .. json.escape_utf8(msg) .. "\n")   -- each file that fails, once
+    if run.evidence_error then return end
+    run.evidence_error = msg
+    log.console(log.paint("red", "  the evidence could not be written: no further step will run (exit 3)"))
+    jr:emit({type = "evidence_error", message = msg})   -- kept in memory, for the reports
+  end
+  jr.on_error = run.evidence_failed
   if p.resume then
     for k, v in pairs(p.resume.captures) do run.state[k] = v end
   end
@@ -141,13 +172,22 @@ local function start_run(rb, opts, p)
            profile = p.profile_name, profile_path = p.profile_path, plan = plan.describe(rb),
            resumed_from = p.resume and p.resume.id or nil, strict = opts.strict or nil,
            options = {only = json.array(opts.only), from = opts.from, keep = opts.keep or false, set = set_names(opts)}})
+  if jr.write_error then   -- not even the first event: run nothing
+    jr:close()
+    return nil, EXIT_EVIDENCE
+  end
   if p.resume then
     for k, v in pairs(p.resume.captures) do
       jr:emit({type = "capture", step = "(resumed)", key = k, value = v})
     end
   end
-  log.console(string.format("%s %s -- %s", log.paint("bold", "bomarun"), rb.id, rb.title))
-  log.console(string.format("  run %s  profile %s", dir, p.profile_name or "(defaults)"))
+  log.console(json.escape_utf8(string.format("%s %s -- %s", log.paint("bold", "bomarun"), rb.id, rb.title)))
+  log.console(json.escape_utf8(string.format("  run %s  profile %s", dir, p.profile_name or "(defaults)")))
+  for _, u in ipairs(p.resume and p.resume.undone or {}) do
+    jr:emit({type = "resume_rerun", id = u.step, reason = "its cleanup ran: " .. u.description})
+    log.console(json.escape_utf8(string.format("  step %s runs again: its cleanup ran in %s (%s)", u.step,
+      p.resume.id, u.description)))
+  end
   return run
 end
 
@@ -172,7 +212,7 @@ local function run_units(rb, run, sel)
   local phase
   for _, u in ipairs(rb.units) do
     if u.phase ~= phase and u.phase then
-      log.console(log.paint("bold", "  == " .. u.phase))
+      log.console(log.paint("bold", "  == " .. json.escape_utf8(u.phase)))
       run.journal:emit({type = "phase_start", phase = u.phase})
     end
     phase = u.phase
@@ -184,27 +224,42 @@ local function run_units(rb, run, sel)
   end
 end
 
--- Cleanups if anything failed, the last event, the reports.
+-- Cleanups if anything failed, the last event, the reports.  Each report
+-- is written on its own; a journal or report that could not be written
+-- makes the exit status 3.
 local function finish(run)
   local jr = run.journal
   local failed = false
   for _, e in ipairs(report.build(jr.events).entries) do
     if e.status == "FAIL" or e.status == "INTERRUPTED" then failed = true end
   end
-  if failed or run.interrupted then cleanups.run(run) end
+  if failed or run.interrupted or run.evidence_error then cleanups.run(run) end
+  -- A cancelled step's process groups may still be dying (SIGTERM, then
+  -- SIGKILL after the grace period): wait for them, so the journal shows
+  -- them ended rather than left behind.
+  if failed or run.interrupted then proc.settle(12) end
   sched.on_signal(nil)
   local m = report.build(jr.events)
   m.complete = true
   local code = report.exit_code(m)
-  jr:emit({type = "run_end", status = code == 0 and "PASSED" or (run.interrupted and "INTERRUPTED" or "FAILED"),
-           exit_code = code, duration = task.now() - run.t_start})
-  jr:close()
+  local status = code == 0 and "PASSED" or (run.interrupted and "INTERRUPTED" or "FAILED")
+  jr:emit({type = "run_end", status = status, exit_code = code, duration = task.now() - run.t_start})
+  jr:close()   -- a failed close calls run.evidence_failed
   m = report.build(jr.events)
+  if m.evidence_error then m.exit_code = EXIT_EVIDENCE end
   local ok, werr = report.write_all(run.dir, m)
-  if not ok then io.stderr:write("bomarun: " .. werr .. "\n") end
+  if not ok then
+    for line in werr:gmatch("[^\n]+") do io.stderr:write("bomarun: " .. json.escape_utf8(line) .. "\n") end
+  end
   log.console("")
-  log.console((report.summary_text(m):gsub("\n$", "")))
-  log.console("reports: " .. run.dir .. "/{summary.txt,report.json,junit.xml}")
+  local sok, summary = pcall(report.summary_text, m)
+  log.console(sok and (summary:gsub("\n$", "")) or ("(no summary: " .. tostring(summary) .. ")"))
+  if ok then
+    log.console(json.escape_utf8("reports: " .. run.dir .. "/{summary.txt,report.json,junit.xml}"))
+  else
+    log.console(log.paint("red", "reports: not all written (see above); exit 3"))
+  end
+  if m.evidence_error or not ok then return EXIT_EVIDENCE end
   return code
 end
 

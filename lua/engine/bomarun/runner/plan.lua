@@ -9,6 +9,7 @@
 --- run time, or a method called on another name than the body's parameter
 --- followed by `:gate(` is shown as written or not at all; declare such gates
 --- in the step's `gates` list to have plan mode show them.
+local json = require "bomarun.json"
 local log = require "bomarun.log"
 local profile = require "bomarun.profile"
 local report = require "bomarun.report"
@@ -180,7 +181,7 @@ function M.print(rb, env, profile_name, profile_path, problems, sel)
     nsteps, nsteps == 1 and "" or "s", nmut, nmut == 1 and "" or "s", nitems, nitems == 1 and "" or "s"))
   for _, p in ipairs(problems) do add(log.paint("red", "  PROBLEM: ") .. p) end
   local _ = env
-  log.console(table.concat(out, "\n"))
+  log.console(json.escape_utf8(table.concat(out, "\n")))
 end
 
 

@@ -1,6 +1,7 @@
 --- The step context: what a runbook body sees as `s` (or `i` for an acceptance
 --- item): gates, checks, captures, cleanups, polls, logs, artifacts.
 local host = require "bomarun._host"
+local json = require "bomarun.json"
 local log = require "bomarun.log"
 local poll = require "bomarun.poll"
 local secret = require "bomarun.secret"
@@ -112,19 +113,35 @@ function Step:log(fmt, ...)
 end
 
 function Step:_line(line, console)
+  -- As the journal shows it: redacted, invalid UTF-8 bytes as \xHH.
+  line = json.escape_utf8(secret.redact(tostring(line)))
   self._sink(line)
   if console or self._run.verbose then log.console("      | " .. line) end
 end
 
---- Keep a value for later steps (journaled, restored by --resume).
+--- Keep a value for later steps (journaled, restored by --resume).  A
+--- value the journal cannot hold (a function, userdata, a thread, a cycle)
+--- fails the step, naming the key; strings with invalid UTF-8 are
+--- journaled with those bytes as `\xHH`, NaN and infinities as "nan",
+--- "inf", "-inf" (s.state keeps the value itself).
 ---@generic T
 ---@param key string
 ---@param value T  JSON-encodable, to be journaled
 ---@return T value
 function Step:capture(key, value)
+  if type(key) ~= "string" or key == "" then
+    raise_failure("capture", "capture: the key must be a non-empty string, not " ..
+      (key == "" and "an empty one" or ("a " .. type(key))), 2)
+  end
+  local kept, problems = json.sanitize(value, key)
+  if #problems > 0 then
+    local p = problems[1]
+    raise_failure("capture", string.format("capture %s: %s%s cannot be journaled", json.escape_utf8(key), p.what,
+      p.path ~= key and (" at " .. json.escape_utf8(p.path)) or ""), 2)
+  end
   self.state[key] = value
   self._run.journal:emit({type = "capture", step = self.id, key = key, value = value})
-  self:_line("captured " .. key .. " = " .. poll.show(value))
+  self:_line("captured " .. key .. " = " .. poll.show(kept))
   return value
 end
 
@@ -204,9 +221,14 @@ function Step:artifact(name, content)
   local dir = self._run.dir .. "/artifacts"
   host.mkdir(dir)
   local path = dir .. "/" .. (self.id .. "-" .. name):gsub("[^%w._-]", "_")
-  local f = assert(io.open(path, "wb"))
-  f:write(secret.redact(content))
-  f:close()
+  local f, err = io.open(path, "wb")
+  local ok = f ~= nil
+  if f then
+    local wok, werr = f:write(secret.redact(content))
+    local cok, cerr = f:close()
+    ok, err = wok and cok, werr or cerr
+  end
+  if not ok then error("artifact: cannot write " .. path .. ": " .. tostring(err), 2) end
   self:_line("artifact: " .. path)
   return path
 end
