@@ -36,6 +36,9 @@ rc=0
 for n in "${names[@]}"; do
   mkdir -p "$work/$n" "$work/$n.art"
   cp "$src/tests/fuzz/corpus/$n"/* "$work/$n"/
+  # The shipped runbooks and examples seed the runbook harness as they are
+  # (not copied into the repository's corpus).
+  if [ "$n" = runbook ]; then cp "$src"/runbooks/*.lua "$src"/examples/*.lua "$work/$n"/; fi
   dict=$src/tests/fuzz/lua.dict
   case $n in json|journal) dict=$src/tests/fuzz/json.dict ;; esac
   log=$work/$n.log
