@@ -114,7 +114,15 @@ local function prepare(opts)
     if prefix or echo then
       log.console(stream == "stderr" and head .. log.paint("grey", line) or head .. line)
     end
-    if user_on_line then user_on_line(line, stream) end
+    if user_on_line then
+      -- The host would print the failure with the command as it is: report
+      -- it here, redacted, and go on reading.
+      local ok, err = pcall(user_on_line, line, stream)
+      if not ok then
+        io.stderr:write(secret.redact(string.format("bomarun: on_line callback for %s failed: %s\n",
+          describe(opts), tostring(err))))
+      end
+    end
   end
   return copy
 end
