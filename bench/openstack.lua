@@ -114,7 +114,7 @@ local function main()
       local ok, err = h.loadbalancer.loadbalancers:delete(lbs[k])
       if not ok then common.fail(err) end
     end
-    for k = 1, LBS do h.loadbalancer.loadbalancers:wait_deleted(lbs[k], {timeout = 300, interval = 1}) end
+    for k = 1, LBS do h.loadbalancer.loadbalancers:wait_deleted(lbs[k], {timeout = 300, interval = 1, quiet = true}) end
     h.network.subnets:delete(sn.id)
     h.network.networks:delete(net.id)
   end)
