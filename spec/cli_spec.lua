@@ -9,19 +9,7 @@ local tmpdir, read, write, wait_for, pid_alive = util.tmpdir, util.read, util.wr
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
 local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
 
-local function bomarun(args, opts)
-  opts = opts or {}
-  local argv = {BIN}
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(proc.run{argv = argv, cwd = opts.cwd, env = opts.env, timeout = opts.timeout or 60})
-end
-
-local function run_dirs(parent)
-  local r = proc.run{shell = "ls -d " .. parent .. "/*/ 2>/dev/null"}
-  local dirs = {}
-  for d in r.stdout:gmatch("[^\n]+") do dirs[#dirs + 1] = d:gsub("/$", "") end
-  return dirs
-end
+local bomarun, run_dirs = util.bomarun, util.run_dirs
 
 local RB_HEAD = 'local runbook = require "bomarun.runbook"\nlocal proc = require "bomarun.proc"\n'
 

@@ -10,24 +10,10 @@ local task = require "bomarun.task"
 local util = require "support.util"
 local read, write = util.read, util.write
 
-local SRC = os.getenv("BOMARUN_SOURCE") or "."
-local BIN = os.getenv("BOMARUN_BIN") or (SRC .. "/build/bomarun")
 
 local RB_HEAD = 'local runbook = require "bomarun.runbook"\nlocal proc = require "bomarun.proc"\n'
 
-local function bomarun(args, opts)
-  opts = opts or {}
-  local argv = {BIN}
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(proc.run{argv = argv, cwd = opts.cwd, env = opts.env, timeout = opts.timeout or 60})
-end
-
-local function run_dirs(parent)
-  local r = proc.run{shell = "ls -d " .. parent .. "/*/ 2>/dev/null"}
-  local dirs = {}
-  for d in r.stdout:gmatch("[^\n]+") do dirs[#dirs + 1] = d:gsub("/$", "") end
-  return dirs
-end
+local bomarun, run_dirs = util.bomarun, util.run_dirs
 
 -- A scratch directory, and tmpfs mounts in it, all undone when the test
 -- ends (busted keeps one `finally` per test: this is it).

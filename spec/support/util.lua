@@ -61,4 +61,21 @@ function M.wait_dead(pid, seconds)
   return false
 end
 
+--- Run the bomarun under test (BOMARUN_BIN) with args; opts: cwd, env, timeout.
+function M.bomarun(args, opts)
+  opts = opts or {}
+  local src = os.getenv("BOMARUN_SOURCE") or "."
+  local argv = {os.getenv("BOMARUN_BIN") or (src .. "/build/bomarun")}
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return assert(proc.run{argv = argv, cwd = opts.cwd, env = opts.env, timeout = opts.timeout or 60})
+end
+
+--- The run directories under `parent`, without their trailing slash.
+function M.run_dirs(parent)
+  local r = proc.run{shell = "ls -d " .. parent .. "/*/ 2>/dev/null"}
+  local dirs = {}
+  for d in r.stdout:gmatch("[^\n]+") do dirs[#dirs + 1] = d:gsub("/$", "") end
+  return dirs
+end
+
 return M
