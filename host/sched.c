@@ -554,7 +554,14 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     if (!t->deadline && !(g_signal_raw && !g_signal_dispatched))
         return;
     now = uv_hrtime();
+    /* The task is marked cancelled as well as raised into: a runbook's
+     * pcall that catches this error cannot go on as if nothing happened
+     * (boot.lua's pcall refuses to run in a cancelled task). */
     if (t->deadline && now > t->deadline) {
+        sched_cancel(t,
+                     "timed out while running Lua code that never "
+                     "waited (a runaway loop?)",
+                     "TIMEOUT");
         push_cancel_error(L,
                           "timed out while running Lua code that never "
                           "waited (a runaway loop?)",
@@ -564,6 +571,10 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     if (g_signal_raw && !g_signal_dispatched &&
         now - t->resumed_at > 500000000ull) {
         g_signal_dispatched = 1;
+        sched_cancel(t,
+                     "interrupted while running Lua code that never "
+                     "waited (a runaway loop?)",
+                     "INTERRUPTED");
         push_cancel_error(L,
                           "interrupted while running Lua code that "
                           "never waited (a runaway loop?)",
