@@ -117,6 +117,13 @@ describe("container infra (Magnum + Heat) in the local cloud", function()
     assert.matches("certificate%-authority%-data: %S+", kc)
     assert.matches("client%-certificate%-data: %S+", kc)
     assert.equal("600\n", proc.run{argv = {"stat", "-c", "%a", path}}.stdout)
+    -- The client key, as the file carries it (base64), is a secret: a
+    -- runbook printing the kubeconfig shows it redacted.
+    local key_b64 = kc:match("client%-key%-data: (%S+)")
+    assert.truthy(key_b64)
+    local shown = require("bomarun.secret").redact(kc)
+    assert.is_nil(shown:find(key_b64, 1, true), "the client key shows in the clear")
+    assert.matches("client%-key%-data: %*%*%*", shown)
     -- Resize 1 -> 2 workers.  The stand-in stops at a final status, so a
     -- new one starts once the update is under way.
     agent:kill("TERM")

@@ -39,23 +39,26 @@ return {collections = {
     local ca, cerr, ccode = h:call("GET", "container-infra", "/certificates/" .. c.uuid)
     if not ca then return nil, cerr, ccode end
     -- The key is made here, in process, and never leaves this machine.
-  local key, csr = crypto.key_and_csr(2048, {{"CN", "admin"}, {"O", "system:masters"}})
-  if not key then return nil, "openstack: cluster " .. id .. " kubeconfig: " .. csr, "LOCAL" end
-  secret.register(key)
-  local signed, serr, scode = h:call("POST", "container-infra", "/certificates",
-                                     {body = {cluster_uuid = c.uuid, csr = csr}})
-  if not signed then return nil, serr, scode end
-  local name = c.name or c.uuid
-  local b64 = crypto.b64encode
-  local yaml = table.concat({
-    "apiVersion: v1", "kind: Config", "clusters:", "- name: " .. name, "  cluster:",
-    "    server: " .. c.api_address, "    certificate-authority-data: " .. b64(ca.pem),
-    "users:", "- name: admin", "  user:", "    client-certificate-data: " .. b64(signed.pem),
-    "    client-key-data: " .. b64(key),
-    "contexts:", "- name: default", "  context:", "    cluster: " .. name, "    user: admin",
-    "current-context: default", ""}, "\n")
-  local ok, werr = host.write_file(path, yaml, tonumber("600", 8))
-  if not ok then return nil, "openstack: cluster " .. id .. " kubeconfig: " .. werr, "LOCAL_FILE" end
-  return path
+    local key, csr = crypto.key_and_csr(2048, {{"CN", "admin"}, {"O", "system:masters"}})
+    if not key then return nil, "openstack: cluster " .. id .. " kubeconfig: " .. csr, "LOCAL" end
+    local b64 = crypto.b64encode
+    -- The kubeconfig carries the key base64-encoded: that is the form a
+    -- runbook printing the file would show, so it is redacted too.
+    secret.register(key)
+    secret.register(b64(key))
+    local signed, serr, scode = h:call("POST", "container-infra", "/certificates",
+                                       {body = {cluster_uuid = c.uuid, csr = csr}})
+    if not signed then return nil, serr, scode end
+    local name = c.name or c.uuid
+    local yaml = table.concat({
+      "apiVersion: v1", "kind: Config", "clusters:", "- name: " .. name, "  cluster:",
+      "    server: " .. c.api_address, "    certificate-authority-data: " .. b64(ca.pem),
+      "users:", "- name: admin", "  user:", "    client-certificate-data: " .. b64(signed.pem),
+      "    client-key-data: " .. b64(key),
+      "contexts:", "- name: default", "  context:", "    cluster: " .. name, "    user: admin",
+      "current-context: default", ""}, "\n")
+    local ok, werr = host.write_file(path, yaml, tonumber("600", 8))
+    if not ok then return nil, "openstack: cluster " .. id .. " kubeconfig: " .. werr, "LOCAL_FILE" end
+    return path
   end,
 }}
