@@ -23,10 +23,9 @@ for name in $(cat "$STATE/run/order"); do
   fi
 done
 . "$STATE/ports.env"
-sock="$STATE/run/mysqld.sock"
+sock=$(db_sock)
 if [ -S "$sock" ]; then
-  if conns=$(mariadb --no-defaults --socket="$sock" -uroot --batch --skip-column-names \
-      -e "select variable_value from information_schema.global_status where variable_name = 'THREADS_CONNECTED'" 2>&1); then
+  if conns=$(sql -e "select variable_value from information_schema.global_status where variable_name = 'THREADS_CONNECTED'" 2>&1); then
     printf '%-16s %-34s up, %s connections\n' database "$sock" "$conns"
   else
     printf '%-16s %-34s DOWN: %s\n' database "$sock" "$(echo "$conns" | head -1)"; rc=1

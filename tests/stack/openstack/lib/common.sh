@@ -50,6 +50,14 @@ ours() {
   fi
 }
 
+# The database server's socket in STATE, and `sql [DB] < statements` (or
+# `sql -e ...`): the MariaDB client as root over it.  --no-defaults first:
+# Debian's /etc/mysql/my.cnf would point the client at /run/mysqld.
+db_sock() { printf '%s\n' "$STATE/run/mysqld.sock"; }
+sql() {
+  mariadb --no-defaults --socket="$(db_sock)" -uroot --batch --skip-column-names "$@"
+}
+
 # PIDs whose process group or session is PGID.
 group_members() {
   ps -e -o pid=,pgid=,sid= | awk -v g="$1" '$2 == g || $3 == g { print $1 }'

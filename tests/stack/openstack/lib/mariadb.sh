@@ -15,7 +15,7 @@
 # ${XDG_CACHE_HOME:-$HOME/.cache}/bomarun/openstack-db; BOMARUN_OS_DB_CACHE=off
 # disables it.
 
-DB_SOCK="$STATE/run/mysqld.sock"
+DB_SOCK=$(db_sock)
 DB_DATA="$STATE/data/mysql"
 # Every MariaDB tool takes --no-defaults first: Debian's /etc/mysql/my.cnf
 # would point it at /run/mysqld.
@@ -44,10 +44,7 @@ db_url() { # USER [DB]
   echo "mysql+pymysql://$user:${!pw_var}@localhost/$db?unix_socket=$DB_SOCK&charset=utf8mb4"
 }
 
-# sql [DB] < statements: as root over the socket.
-sql() {
-  mariadb --no-defaults --socket="$DB_SOCK" -uroot --batch --skip-column-names "$@"
-}
+# sql (lib/common.sh) runs statements as root over this socket.
 
 db_cache_dir() {
   echo "${BOMARUN_OS_DB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bomarun/openstack-db}"
