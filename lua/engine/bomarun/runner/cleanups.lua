@@ -5,6 +5,7 @@ local log = require "bomarun.log"
 local report = require "bomarun.report"
 local task = require "bomarun.task"
 local execute = require "bomarun.runner.execute"
+local step_mod = require "bomarun.runner.step"
 
 local M = {}
 
@@ -46,12 +47,7 @@ function M.run(run)
       run.cleanup_task = t
       local ok, v, err = t:wait()
       run.cleanup_task = nil
-      local status, emsg = "DONE", nil
-      if not ok then
-        status, emsg = "FAILED", execute.error_message(v)
-      elseif v == nil and err then
-        status, emsg = "FAILED", tostring(err)
-      end
+      local status, emsg = step_mod.cleanup_outcome(ok, v, err)
       if emsg then sink("FAILED: " .. emsg) end
       close_log()
       run.journal:emit({type = "cleanup_end", index = c.index, status = status, duration = task.now() - t0,

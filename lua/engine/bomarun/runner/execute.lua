@@ -97,22 +97,7 @@ function M.open_step_log(run, id)
 end
 
 --- A body's error as a message, and its traceback when it has one.
----@param err any
----@return string message, string|nil traceback
-function M.error_message(err)
-  if getmetatable(err) == step_mod.FAILURE_MT then
-    return err.message .. (err.where and (" (" .. err.where .. ")") or ""), nil
-  end
-  local code = sched.cancel_code(err)
-  if code then return tostring(err), nil end
-  if type(err) == "table" then
-    local m = err.message or tostring(err)
-    return tostring(m), err.traceback
-  end
-  local s = tostring(err)
-  local msg, tb = s:match("^(.-)\n(stack traceback:.*)$")
-  return msg or s, tb
-end
+M.error_message = step_mod.error_message
 
 -- The body as a task of its own, with the step's log sink and context, and
 -- the step's timeout as a bound (its expiry is a failure of the step).
@@ -147,7 +132,7 @@ local function outcome_of(run, ctx, ok, err, out, sink)
     out.reason = err.reason
     out.deferred, out.outstanding = err.deferred, err.outstanding
   else
-    local msg, tb = M.error_message(err)
+    local msg, tb = step_mod.error_message(err)
     local code = sched.cancel_code(err)
     if code == "INTERRUPTED" or (code and run.interrupted) then
       -- The count hook can stop a spinning body before the loop has

@@ -1,6 +1,7 @@
 --- The step context: what a runbook body sees as `s` (or `i` for an acceptance
 --- item): gates, checks, captures, cleanups, polls, logs, artifacts.
 local host = require "bomarun._host"
+local sched = require "bomarun._sched"
 local json = require "bomarun.json"
 local log = require "bomarun.log"
 local poll = require "bomarun.poll"
@@ -173,8 +174,8 @@ function CleanupHandle:run()
   run.journal:emit({type = "cleanup_start", index = c.index, description = c.description})
   local t0 = task.now()
   local ok, v, err = pcall(c.fn)
-  local emsg = not ok and tostring(v) or (v == nil and err and tostring(err)) or nil
-  run.journal:emit({type = "cleanup_end", index = c.index, status = emsg and "FAILED" or "DONE",
+  local status, emsg = M.cleanup_outcome(ok, v, err)
+  run.journal:emit({type = "cleanup_end", index = c.index, status = status,
                     duration = task.now() - t0, error = emsg, early = true})
   self._step:_line(string.format("cleanup %s now: %s", emsg and "FAILED" or "done", c.description))
   if not ok and task.cancel_code(v) then error(v, 0) end   -- cancellation is not swallowed
@@ -231,6 +232,36 @@ function Step:artifact(name, content)
   if not ok then error("artifact: cannot write " .. path .. ": " .. tostring(err), 2) end
   self:_line("artifact: " .. path)
   return path
+end
+
+--- A body's error as a message, and its traceback when it has one.
+---@param err any
+---@return string message, string|nil traceback
+function M.error_message(err)
+  if getmetatable(err) == FAILURE_MT then
+    return err.message .. (err.where and (" (" .. err.where .. ")") or ""), nil
+  end
+  local code = sched.cancel_code(err)
+  if code then return tostring(err), nil end
+  if type(err) == "table" then
+    local m = err.message or tostring(err)
+    return tostring(m), err.traceback
+  end
+  local s = tostring(err)
+  local msg, tb = s:match("^(.-)\n(stack traceback:.*)$")
+  return msg or s, tb
+end
+
+--- What a cleanup function's end means, as the ledger records it: "DONE",
+--- or "FAILED" with the message of what it raised or returned (nil, err).
+---@param ok boolean   whether it returned (pcall's or task:wait's first value)
+---@param v any        its first result, or what it raised
+---@param err any      its second result
+---@return string status, string|nil message
+function M.cleanup_outcome(ok, v, err)
+  if not ok then return "FAILED", (M.error_message(v)) end
+  if v == nil and err then return "FAILED", tostring(err) end
+  return "DONE", nil
 end
 
 --- A new step context for `node` in `run`, writing its log lines to `sink`.
