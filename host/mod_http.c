@@ -8,6 +8,7 @@
  * nil, "http: METHOD URL: why", CODE.  A GET/HEAD that fails on a reused
  * connection the server had silently closed is retried once on a fresh
  * connection. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #include <curl/curl.h>
 #include <lauxlib.h>
+#include <openssl/evp.h>
 
 #include "lines.h"
 #include "mod_http.h"
@@ -35,6 +37,7 @@ struct req {
     FILE *upload;
     FILE *download;
     char *download_path;
+    EVP_MD_CTX *digest; /* output_digest: hashed as it is written */
     struct bm_buf resp;
     struct bm_buf head; /* raw response header lines */
     char errbuf[CURL_ERROR_SIZE];
@@ -75,6 +78,7 @@ static void req_free(struct req *r)
         fclose(r->upload);
     if (r->download)
         fclose(r->download);
+    EVP_MD_CTX_free(r->digest);
     free(r->download_path);
     free(r->url);
     free(r->body);
@@ -163,6 +167,17 @@ static int push_outcome(lua_State *L, struct req *r, CURLcode rc)
     if (!r->download_path) {
         lua_pushlstring(L, r->resp.data ? r->resp.data : "", r->resp.len);
         lua_setfield(L, -2, "body");
+    }
+    if (r->digest) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        unsigned dn = 0, i;
+        EVP_DigestFinal_ex(r->digest, d, &dn);
+        for (i = 0; i < dn; i++)
+            snprintf(hex + 2 * i, 3, "%02x", d[i]);
+        hex[2 * dn] = '\0';
+        lua_pushstring(L, hex);
+        lua_setfield(L, -2, "digest");
     }
     lua_pushnumber(L, dur);
     lua_setfield(L, -2, "duration");
@@ -314,8 +329,11 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     struct req *r = ud;
     size_t len = size * n;
-    if (r->download)
+    if (r->download) {
+        if (r->digest)
+            EVP_DigestUpdate(r->digest, p, len);
         return fwrite(p, 1, len, r->download);
+    }
     if (r->resp.len + len > MAX_BODY)
         return 0; /* CURLE_WRITE_ERROR: refuse unbounded bodies */
     bm_buf_add(&r->resp, p, len);
@@ -348,7 +366,10 @@ static void req_cancel(struct bm_wait *w)
  * raises. */
 struct req_opts {
     const char *method, *url, *body, *body_file, *output_file, *cainfo;
-    size_t body_len;
+    const char *output_digest;
+    const char *client_cert, *client_key;    /* PEM files */
+    const char *ca_pem, *cert_pem, *key_pem; /* PEM in memory */
+    size_t body_len, ca_pem_len, cert_pem_len, key_pem_len;
     uint64_t timeout_ms, connect_timeout_ms;
     int insecure;
 };
@@ -362,7 +383,15 @@ static void read_opts(lua_State *L, struct req_opts *o)
     o->body = opts_lstring(L, 1, WHO, "body", NULL, &o->body_len);
     o->body_file = opts_string(L, 1, WHO, "body_file", NULL);
     o->output_file = opts_string(L, 1, WHO, "output_file", NULL);
+    o->output_digest = opts_string(L, 1, WHO, "output_digest", NULL);
     o->cainfo = opts_string(L, 1, WHO, "cainfo", NULL);
+    o->ca_pem = opts_lstring(L, 1, WHO, "ca_pem", NULL, &o->ca_pem_len);
+    o->client_cert = opts_string(L, 1, WHO, "client_cert", NULL);
+    o->client_key = opts_string(L, 1, WHO, "client_key", NULL);
+    o->cert_pem =
+        opts_lstring(L, 1, WHO, "client_cert_pem", NULL, &o->cert_pem_len);
+    o->key_pem =
+        opts_lstring(L, 1, WHO, "client_key_pem", NULL, &o->key_pem_len);
     o->timeout_ms = opts_ms(L, 1, WHO, "timeout", 60000);
     o->connect_timeout_ms = opts_ms(L, 1, WHO, "connect_timeout", 10000);
     o->insecure = opts_boolean(L, 1, WHO, "insecure", 0);
@@ -414,6 +443,14 @@ static int open_files(lua_State *L, struct req *r, const struct req_opts *o)
         r->download_path = strdup(o->output_file);
         if (!r->download)
             return file_failed(L, r, "write", o->output_file);
+        if (o->output_digest) {
+            const EVP_MD *md = EVP_get_digestbyname(o->output_digest);
+            if (!md)
+                return luaL_error(L, "http.request: unknown output_digest %s",
+                                  o->output_digest);
+            r->digest = EVP_MD_CTX_new();
+            EVP_DigestInit_ex(r->digest, md, NULL);
+        }
     }
     return 0;
 }
@@ -440,6 +477,44 @@ static void set_body(struct req *r)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
 }
 
+/* Sets a PEM blob option; curl copies the bytes, so the Lua string need
+ * only live until the request is added. */
+static void set_blob(CURL *e, CURLoption opt, const char *pem, size_t len)
+{
+    struct curl_blob b;
+    b.data = (void *)(uintptr_t)pem;
+    b.len = len;
+    b.flags = CURL_BLOB_COPY;
+    curl_easy_setopt(e, opt, &b);
+}
+
+/* TLS trust and client identity: a CA file or PEM text, a client
+ * certificate and key as files or PEM text (kubeconfig *-data fields;
+ * the key never touches the disk). */
+static void set_tls(CURL *e, const struct req_opts *o)
+{
+    if (o->cainfo)
+        curl_easy_setopt(e, CURLOPT_CAINFO, o->cainfo);
+    if (o->ca_pem)
+        set_blob(e, CURLOPT_CAINFO_BLOB, o->ca_pem, o->ca_pem_len);
+    if (o->client_cert)
+        curl_easy_setopt(e, CURLOPT_SSLCERT, o->client_cert);
+    if (o->cert_pem) {
+        curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+        set_blob(e, CURLOPT_SSLCERT_BLOB, o->cert_pem, o->cert_pem_len);
+    }
+    if (o->client_key)
+        curl_easy_setopt(e, CURLOPT_SSLKEY, o->client_key);
+    if (o->key_pem) {
+        curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+        set_blob(e, CURLOPT_SSLKEY_BLOB, o->key_pem, o->key_pem_len);
+    }
+    if (o->insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+}
+
 static void set_options(struct req *r, const struct req_opts *o)
 {
     CURL *e = r->easy;
@@ -455,16 +530,12 @@ static void set_options(struct req *r, const struct req_opts *o)
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "bomarun/" BOMARUN_VERSION);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (o->cainfo)
-        curl_easy_setopt(e, CURLOPT_CAINFO, o->cainfo);
-    if (o->insecure) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    set_tls(e, o);
 }
 
 /* request{method=, url=, headers=, body=, body_file=, output_file=,
- *         timeout=, connect_timeout=, cainfo=, insecure=}
+ *         timeout=, connect_timeout=, cainfo=, ca_pem=, client_cert=,
+ *         client_key=, client_cert_pem=, client_key_pem=, insecure=}
  *   -> {status, headers, body, duration, retried, url} | nil, msg, CODE */
 static int l_http_request(lua_State *L)
 {

@@ -1,5 +1,7 @@
 /* runtime: the Lua state as the host sets it up (see runtime.h). */
+#include <dlfcn.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,47 @@ void runtime_find_lua_dir(char *out, size_t n)
     snprintf(out, n, "%s/lua", BOMARUN_SOURCE_DIR);
 }
 
+/* The shared object that holds bomarun._virt: BOMARUN_VIRT_MODULE, else
+ * beside the binary (the build tree), else the installed lib directory. */
+static void find_virt_module(char *out, size_t n)
+{
+    char exe[PATH_MAX];
+    size_t len = sizeof exe;
+    const char *env = getenv("BOMARUN_VIRT_MODULE");
+    char *slash;
+    if (env && *env) {
+        snprintf(out, n, "%s", env);
+        return;
+    }
+    out[0] = '\0';
+    if (uv_exepath(exe, &len) != 0 || !(slash = strrchr(exe, '/')))
+        return;
+    *slash = '\0';
+    snprintf(out, n, "%s/bomarun_virt.so", exe);
+    if (!file_exists(out))
+        snprintf(out, n, "%s/../%s/bomarun_virt.so", exe, BOMARUN_LIB_REL);
+}
+
+/* require "bomarun._virt": libvirt is loaded now, not at start-up. */
+static int load_virt(lua_State *L)
+{
+    char path[PATH_MAX + 64];
+    void *so;
+    lua_CFunction open;
+    find_virt_module(path, sizeof path);
+    so = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!so)
+        return luaL_error(L, "virt: cannot load the libvirt module %s: %s",
+                          path, dlerror());
+    open = (lua_CFunction)(uintptr_t)dlsym(so, "luaopen_bomarun__virt");
+    if (!open)
+        return luaL_error(L, "virt: %s has no luaopen_bomarun__virt", path);
+    /* Never dlclosed: libvirt keeps threads and global state. */
+    lua_pushcfunction(L, open);
+    lua_call(L, 0, 1);
+    return 1;
+}
+
 static void preload(lua_State *L, const char *name, lua_CFunction f)
 {
     lua_getglobal(L, "package");
@@ -90,6 +133,7 @@ void runtime_open(lua_State *L, uv_loop_t *loop)
     preload(L, "bomarun._ssh", luaopen_bomarun__ssh);
     preload(L, "bomarun._http", luaopen_bomarun__http);
     preload(L, "bomarun._crypto", luaopen_bomarun__crypto);
+    preload(L, "bomarun._virt", load_virt);
     luaL_requiref(L, "bomarun._host", luaopen_bomarun__host, 0);
     lua_pop(L, 1);
     runtime_find_lua_dir(luadir, sizeof luadir);

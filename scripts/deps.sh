@@ -15,6 +15,9 @@ PKGS=(
   ansible-core        # bomarun.ansible, and the benchmarks' comparison
   lua-check clang-format cppcheck   # scripts/lint
   clang libclang-rt-14-dev          # libFuzzer, for tests/fuzz/run.sh (build-fuzz)
+  libvirt-dev         # bomarun.virt (the _virt module, loaded on first require)
+  qemu-utils xorriso  # bomarun.virt: qcow2 overlays (qemu-img), NoCloud seed ISOs
+  kubernetes-client   # kubectl: checks the Kubernetes replay server answers a real client
 )
 
 missing=()

@@ -23,15 +23,22 @@ local M = {}
 ---@field body? string|table        a table is sent as JSON
 ---@field body_file? string         stream the request body from this file
 ---@field output_file? string       stream the response body to this file
+---@field output_digest? string     with output_file: hash the body as it streams ("sha512"): r.digest (hex)
 ---@field timeout? number           whole request, seconds (default 60)
 ---@field connect_timeout? number   seconds (default 10)
 ---@field cainfo? string            CA bundle for TLS
+---@field ca_pem? string            CA certificate(s) as PEM text (instead of cainfo)
+---@field client_cert? string       client certificate (PEM file) for TLS client authentication
+---@field client_key? string        its private key (PEM file)
+---@field client_cert_pem? string   client certificate as PEM text
+---@field client_key_pem? string    its private key as PEM text (never written to disk)
 ---@field insecure? boolean         skip TLS verification (warned about)
 
 ---@class bomarun.HttpResponse
 ---@field status integer
 ---@field headers table<string, string>
 ---@field body string|nil           nil when streamed to output_file
+---@field digest string|nil         the streamed body's hex digest (output_digest)
 ---@field duration number
 ---@field retried boolean
 ---@field url string
