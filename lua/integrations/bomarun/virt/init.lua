@@ -253,9 +253,13 @@ function Domain:undefine(opts)
   if opts.snapshots ~= false then flags = flags | UNDEFINE_SNAPSHOTS | UNDEFINE_CHECKPOINTS end
   if opts.nvram ~= false then flags = flags | UNDEFINE_NVRAM end
   if opts.managed_save ~= false then flags = flags | UNDEFINE_MANAGED_SAVE end
-  local ok, err, code = dcall(self, "undefine", "undefine", flags)
-  if not ok and (code == "VIR_ERR_NO_SUPPORT" or code == "VIR_ERR_INVALID_ARG") then
-    ok, err, code = dcall(self, "undefine", "undefine", flags & ~UNDEFINE_NVRAM)
+  -- Drivers refuse flags they do not know (the test driver: checkpoints,
+  -- nvram) with VIR_ERR_INVALID_ARG: fall back to the ones they do.
+  local ok, err, code
+  for _, f in ipairs({flags, flags & ~(UNDEFINE_CHECKPOINTS | UNDEFINE_NVRAM),
+                      flags & (UNDEFINE_SNAPSHOTS | UNDEFINE_MANAGED_SAVE)}) do
+    ok, err, code = dcall(self, "undefine", "undefine", f)
+    if ok or code ~= "VIR_ERR_INVALID_ARG" then break end
   end
   return journaled(self, "undefine", ok, err, code)
 end
@@ -300,7 +304,7 @@ end
 ---@return true|nil, string|nil err, string|nil code
 function Domain:set_owner(owner)
   return dcall(self, "set ownership metadata on", "set_metadata", AFFECT_CONFIG, 0,
-    xml.owner_element(owner), xml.OWNER_KEY, xml.OWNER_NS)
+    xml.owner_element(owner, true), xml.OWNER_KEY, xml.OWNER_NS)
 end
 
 --- bomarun's ownership metadata, or nil when the domain does not carry it.
@@ -408,13 +412,27 @@ function Domain:snapshots()
   local rows, err, code = dcall(self, "list snapshots of", "snapshot_list")
   if not rows then return nil, err, code end
   local out = {}
+  local parent_of = {}
   for _, r in ipairs(rows) do
     local memory = r.xml:match("<memory snapshot='(%w+)'")
+    parent_of[r.name] = r.xml:match("<parent>%s*<name>([^<]*)</name>")
     out[#out + 1] = {name = r.name, created = tonumber(xml.text(r.xml, "creationTime")),
                      state = xml.text(r.xml, "state"), description = xml.text(r.xml, "description"),
                      current = r.current == 1, disk_only = memory == "no" and r.xml:find("snapshot='external'") ~= nil}
   end
-  table.sort(out, function(a, b) return (a.created or 0) < (b.created or 0) end)
+  -- Oldest first; within one second, a parent before its children.
+  local function depth(n)
+    local k = 0
+    while parent_of[n] and k < #rows do n = parent_of[n]; k = k + 1 end
+    return k
+  end
+  for _, s in ipairs(out) do s.depth = depth(s.name) end
+  table.sort(out, function(a, b)
+    if (a.created or 0) ~= (b.created or 0) then return (a.created or 0) < (b.created or 0) end
+    if a.depth ~= b.depth then return a.depth < b.depth end
+    return a.name < b.name
+  end)
+  for _, s in ipairs(out) do s.depth = nil end
   return out
 end
 

@@ -28,14 +28,18 @@ end
 local esc = M.escape
 
 --- The ownership element (libvirt metadata), from {run=, runbook=, created=, ...}.
+--- `bare`: without the namespace (libvirt's metadata API adds it from its
+--- key and uri arguments).
 ---@param owner table<string, any>
+---@param bare? boolean
 ---@return string
-function M.owner_element(owner)
+function M.owner_element(owner, bare)
   local keys = {}
   for k in pairs(owner) do keys[#keys + 1] = k end
   table.sort(keys)
   local attrs = {}
   for _, k in ipairs(keys) do attrs[#attrs + 1] = string.format('%s="%s"', k, esc(owner[k])) end
+  if bare then return string.format("<owner %s/>", table.concat(attrs, " ")) end
   return string.format('<bomarun:owner xmlns:bomarun="%s" %s/>', M.OWNER_NS, table.concat(attrs, " "))
 end
 
