@@ -39,18 +39,32 @@ const char *verr_name(int code)
     return "VIR_ERR_UNKNOWN";
 }
 
-static const char *const op_names[] = {"open",   "close", "define", "lookup",
-                                       "list",   "domain", "network", "pool",
-                                       "node",   NULL};
-static const char *const dom_subs[] = {
-    "start",    "shutdown", "destroy",  "reboot",    "reset",  "undefine",
-    "suspend",  "resume",   "state",    "info",      "xml",    "get_metadata",
-    "set_metadata", "addresses", "snapshot_create", "snapshot_list",
-    "snapshot_revert", "snapshot_delete", NULL};
-static const char *const net_subs[] = {"list",    "define", "start", "destroy",
-                                       "undefine", "leases", "xml",  NULL};
+static const char *const op_names[] = {"open", "close",  "define",  "lookup",
+                                       "list", "domain", "network", "pool",
+                                       "node", NULL};
+static const char *const dom_subs[] = {"start",
+                                       "shutdown",
+                                       "destroy",
+                                       "reboot",
+                                       "reset",
+                                       "undefine",
+                                       "suspend",
+                                       "resume",
+                                       "state",
+                                       "info",
+                                       "xml",
+                                       "get_metadata",
+                                       "set_metadata",
+                                       "addresses",
+                                       "snapshot_create",
+                                       "snapshot_list",
+                                       "snapshot_revert",
+                                       "snapshot_delete",
+                                       NULL};
+static const char *const net_subs[] = {"list",     "define", "start", "destroy",
+                                       "undefine", "leases", "xml",   NULL};
 static const char *const pool_subs[] = {
-    "list",    "define",   "build",  "start",      "destroy", "undefine",
+    "list",    "define",   "build",      "start",    "destroy",    "undefine",
     "refresh", "vol_list", "vol_create", "vol_path", "vol_delete", NULL};
 
 /* Field names of the rows each listing returns. */
@@ -65,8 +79,8 @@ static const struct row_names rows_addrs = {{"iface", "mac", "ip"},
 static const struct row_names rows_snaps = {{"name", "xml"}, {"current"}};
 static const struct row_names rows_nets = {{"name", "uuid", "xml"},
                                            {"active", "persistent"}};
-static const struct row_names rows_leases = {
-    {"iface", "mac", "ip", "hostname"}, {"expiry", "prefix", "family"}};
+static const struct row_names rows_leases = {{"iface", "mac", "ip", "hostname"},
+                                             {"expiry", "prefix", "family"}};
 static const struct row_names rows_vols = {{"name", "path"},
                                            {"capacity", "allocation"}};
 
@@ -112,9 +126,8 @@ static void push_rows(lua_State *co, struct vjob *j)
 
 static void push_info(lua_State *co, struct vjob *j)
 {
-    static const char *const keys[] = {"state",  "max_memory_kib",
-                                       "memory_kib", "vcpus",
-                                       "cpu_time_ns", "id"};
+    static const char *const keys[] = {"state", "max_memory_kib", "memory_kib",
+                                       "vcpus", "cpu_time_ns",    "id"};
     int i;
     lua_createtable(co, 0, 6);
     for (i = 0; i < 6; i++) {
@@ -439,17 +452,15 @@ static const luaL_Reg conn_methods[] = {{"open", l_conn_open},
                                         {"wait_event", l_wait_event},
                                         {NULL, NULL}};
 
-static const luaL_Reg lock_methods[] = {
-    {"release", l_unlock}, {"__gc", l_unlock}, {"__close", l_unlock},
-    {NULL, NULL}};
+static const luaL_Reg lock_methods[] = {{"release", l_unlock},
+                                        {"__gc", l_unlock},
+                                        {"__close", l_unlock},
+                                        {NULL, NULL}};
 
-static const luaL_Reg funcs[] = {{"new", l_new},
-                                 {"lock", l_lock},
-                                 {"errname", l_errname},
-                                 {NULL, NULL}};
+static const luaL_Reg funcs[] = {
+    {"new", l_new}, {"lock", l_lock}, {"errname", l_errname}, {NULL, NULL}};
 
-__attribute__((visibility("default"))) int
-luaopen_bomarun__virt(lua_State *L);
+__attribute__((visibility("default"))) int luaopen_bomarun__virt(lua_State *L);
 
 int luaopen_bomarun__virt(lua_State *L)
 {

@@ -38,7 +38,7 @@ struct vjob {
     struct bm_wait w;
     struct vconn *c;
     int op, sub;
-    int abandoned; /* the task stopped waiting: drop the result */
+    int abandoned;   /* the task stopped waiting: drop the result */
     int exit_notice; /* not a job: the worker has ended */
     unsigned flags;
     char *s[VJ_STRS];
@@ -84,9 +84,9 @@ struct vconn {
 };
 
 /* virt_work.c */
-int vwork_init(void);                     /* event thread, async handle */
-int vwork_start(struct vconn *c);         /* the connection's worker */
-void vwork_listen(struct vconn *c);       /* lifecycle events (worker) */
+int vwork_init(void);               /* event thread, async handle */
+int vwork_start(struct vconn *c);   /* the connection's worker */
+void vwork_listen(struct vconn *c); /* lifecycle events (worker) */
 void vwork_submit(struct vconn *c, struct vjob *j);
 /* An event waiter (malloc'd), loop side: completed and freed by the next
  * event; unwatch (on cancel) removes it, the caller frees it. */
@@ -94,8 +94,8 @@ void vwork_watch(struct vevent_waiter *ew);
 void vwork_unwatch(struct vevent_waiter *ew);
 void vjob_free(struct vjob *j);
 void vjob_fail(struct vjob *j); /* capture libvirt's last error */
-void vjob_row(struct vjob *j, const char *const *s, int ns,
-              const long long *n, int nn);
+void vjob_row(struct vjob *j, const char *const *s, int ns, const long long *n,
+              int nn);
 /* Runs on the worker (mod_virt.c). */
 void vjob_run(struct vjob *j);
 /* Pushes a job's results onto co (mod_virt.c); returns how many. */

@@ -188,8 +188,8 @@ static int dom_info(struct vjob *j, virDomainPtr d)
     j->r[2] = (long long)info.memory;
     j->r[3] = info.nrVirtCpu;
     j->r[4] = (long long)info.cpuTime;
-    j->r[5] = virDomainGetID(d) == (unsigned)-1 ? -1LL
-                                                : (long long)virDomainGetID(d);
+    j->r[5] =
+        virDomainGetID(d) == (unsigned)-1 ? -1LL : (long long)virDomainGetID(d);
     return 0;
 }
 
@@ -202,8 +202,8 @@ static int dom_text(struct vjob *j, virDomainPtr d)
         text = virDomainGetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, j->s[1],
                                     j->flags);
     else {
-        virDomainSnapshotPtr s = virDomainSnapshotCreateXML(d, j->s[1],
-                                                            j->flags);
+        virDomainSnapshotPtr s =
+            virDomainSnapshotCreateXML(d, j->s[1], j->flags);
         if (!s)
             return -1;
         set_out(j, 0, virDomainSnapshotGetName(s));
@@ -243,8 +243,14 @@ static void op_dom(struct vjob *j)
         rc = virDomainSetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, j->s[1],
                                   j->s[2], j->s[3], j->flags);
         break;
-    case DOM_ADDRS: dom_addresses(j, d); virDomainFree(d); return;
-    case DOM_SNAP_LIST: dom_snapshots(j, d); virDomainFree(d); return;
+    case DOM_ADDRS:
+        dom_addresses(j, d);
+        virDomainFree(d);
+        return;
+    case DOM_SNAP_LIST:
+        dom_snapshots(j, d);
+        virDomainFree(d);
+        return;
     case DOM_SNAP_REVERT:
     case DOM_SNAP_DELETE: rc = dom_snapshot_op(j, d); break;
     default: rc = -1; break;
@@ -310,8 +316,8 @@ static int net_leases(struct vjob *j, virNetworkPtr net)
     if (n < 0)
         return -1;
     for (i = 0; i < n; i++) {
-        const char *s[4] = {leases[i]->iface, leases[i]->mac,
-                            leases[i]->ipaddr, leases[i]->hostname};
+        const char *s[4] = {leases[i]->iface, leases[i]->mac, leases[i]->ipaddr,
+                            leases[i]->hostname};
         long long nums[3] = {leases[i]->expirytime, leases[i]->prefix,
                              leases[i]->type};
         vjob_row(j, s, 4, nums, 3);

@@ -67,8 +67,8 @@ void vjob_fail(struct vjob *j)
     j->ok = 0;
 }
 
-void vjob_row(struct vjob *j, const char *const *s, int ns,
-              const long long *n, int nn)
+void vjob_row(struct vjob *j, const char *const *s, int ns, const long long *n,
+              int nn)
 {
     struct vrow *r;
     int i;
@@ -267,8 +267,7 @@ void vwork_listen(struct vconn *c)
 {
     c->cb_id = virConnectDomainEventRegisterAny(
         c->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-        VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), (void *)(intptr_t)c->id,
-        NULL);
+        VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), (void *)(intptr_t)c->id, NULL);
 }
 
 int vwork_start(struct vconn *c)

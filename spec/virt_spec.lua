@@ -294,9 +294,9 @@ describe("virt.lock", function()
     -- a holder that dies (SIGKILL) leaves no lock behind
     local held = false
     local holder = assert(proc.spawn{argv = {BIN, "-e", string.format(
-      "local v = require 'bomarun.virt'; assert(v.lock{dir = %q, holder = 'the child'}); "
-      .. "print('held'); io.stdout:flush(); require('bomarun.task').sleep(60)", dir)},
-      quiet = true, keep = true, on_line = function(l) held = held or l == "held" end})
+      "local v = require 'bomarun.virt'; local held = assert(v.lock{dir = %q, holder = 'the child'}); "
+      .. "print('held'); io.stdout:flush(); require('bomarun.task').sleep(60); held:release()", dir)},
+      quiet = true, keep = true, on_line = function(line) held = held or line == "held" end})
     util.wait_for(function() return held end, 10, "the child's lock")
     assert.matches("held by the child", select(2, virt.lock{dir = dir}), 1, true)
     holder:kill("KILL")

@@ -36,7 +36,7 @@ end
 ---@field title string
 ---@field env table            profile constants
 ---@field state table          values captured so far in this run (and resumed runs)
----@field run {id: string, dir: string, profile: string|nil}
+---@field run {id: string, dir: string, profile: string|nil, keep: boolean}  keep: --keep was given
 local Step = {}
 Step.__index = Step
 
@@ -272,7 +272,7 @@ end
 ---@return bomarun.StepContext
 function M.new(run, node, kind, sink)
   return setmetatable({id = node.id, title = node.title, env = run.env, state = run.state,
-                       run = {id = run.id, dir = run.dir, profile = run.profile_name},
+                       run = {id = run.id, dir = run.dir, profile = run.profile_name, keep = run.keep or false},
                        kind = kind, _run = run, _sink = sink, _failed_checks = 0}, Step)
 end
 

@@ -193,7 +193,9 @@ function Conn:wait_event(seq, timeout)
   local h = self.core
   if not h then error("virt: wait_event: the connection is closed", 2) end
   local n, err, code = task.timeout(timeout, h.wait_event, h, seq)
-  if n == nil then return nil, "virt: no lifecycle event within " .. timeout .. " s", code end
+  if n == nil then
+    return nil, code == "TIMEOUT" and ("virt: no lifecycle event within " .. timeout .. " s") or err, code
+  end
   return n
 end
 

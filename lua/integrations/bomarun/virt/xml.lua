@@ -9,7 +9,8 @@
 ---              {path = "seed.iso", device = "cdrom", readonly = true} },
 ---    nics = { {type = "user", forward = {host = "127.0.0.1", port = 2222, guest = 22}},
 ---             {type = "network", network = "default", mac = "52:54:00:..."} },
----    serial_log = "/path/console.log", agent = true,
+---    serial_log = "/path/console.log", agent = true, machine = "pc",
+---    run_as_root = false (a static DAC label: qemu as root, no relabelling),
 ---    description = "...", owner = {run = "...", runbook = "...", created = "..."}}
 local M = {}
 
@@ -65,8 +66,8 @@ end
 
 local function disk_xml(d, i)
   local device = d.device or "disk"
-  local target = d.target or (device == "cdrom" and "sda" or ("vd" .. string.char(96 + i)))
-  local bus = d.bus or (device == "cdrom" and "sata" or (target:match("^vd") and "virtio" or "sata"))
+  local target = d.target or (device == "cdrom" and "hdc" or ("vd" .. string.char(96 + i)))
+  local bus = d.bus or (target:match("^vd") and "virtio" or (target:match("^hd") and "ide" or "sata"))
   local format = d.format or (d.path:match("%.iso$") and "raw" or "qcow2")
   local out = {string.format("    <disk type='file' device='%s'>", device),
                string.format("      <driver name='qemu' type='%s'/>", format),
@@ -106,11 +107,11 @@ function M.domain(t)
   add("  <memory unit='MiB'>%d</memory>", t.memory or 512)
   add("  <vcpu>%d</vcpu>", t.vcpus or 1)
   add("  <os>")
-  add("    <type arch='%s'>hvm</type>", t.arch or "x86_64")
+  add("    <type arch='%s' machine='%s'>hvm</type>", t.arch or "x86_64", t.machine or "pc")
   if t.kernel then
     add("    <kernel>%s</kernel>", esc(t.kernel))
     if t.initrd then add("    <initrd>%s</initrd>", esc(t.initrd)) end
-    add("    <cmdline>%s</cmdline>", esc(t.cmdline or "root=/dev/vda console=ttyS0"))
+    add("    <cmdline>%s</cmdline>", esc(t.cmdline or "root=/dev/vda rw console=ttyS0"))
   else
     add("    <boot dev='hd'/>")
   end
@@ -139,7 +140,9 @@ function M.domain(t)
         local host, port, guest = check_forward(n.forward)
         netdev = netdev .. string.format(",hostfwd=tcp:%s:%d-:%d", host, port, guest)
       end
-      local dev = "virtio-net-pci,netdev=" .. id .. (n.mac and (",mac=" .. n.mac) or "")
+      -- A PCI slot of its own, clear of the ones libvirt assigns.
+      local dev = string.format("virtio-net-pci,netdev=%s,bus=pci.0,addr=0x%x", id, 0x1e - nuser + 1)
+        .. (n.mac and (",mac=" .. n.mac) or "")
       cmdline_args[#cmdline_args + 1] = "-netdev"
       cmdline_args[#cmdline_args + 1] = netdev
       cmdline_args[#cmdline_args + 1] = "-device"
@@ -164,8 +167,14 @@ function M.domain(t)
   if t.agent ~= false then
     add("    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
   end
+  add("    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
   add("    <memballoon model='none'/>")
   add("  </devices>")
+  if t.run_as_root then
+    -- qemu as root, files not relabelled: images under /root stay readable
+    -- (a test machine without AppArmor/SELinux; docs/virt.md).
+    add("  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>")
+  end
   if #cmdline_args > 0 then
     add("  <qemu:commandline>")
     for _, a in ipairs(cmdline_args) do add("    <qemu:arg value='%s'/>", esc(a)) end
