@@ -249,12 +249,15 @@ return runbook{
     runbook.step{"it.8", "Verify: the verify playbook and the profile's checks", guarded(function(s)
       if s.env.verify then
         local name = s.state.vm_name
+        local files = {}
+        for _, f in ipairs(s.env.extra_vars_files) do files[#files + 1] = expand(f) end
         local res = ansible.playbook{playbook = expand(s.env.verify), limit = name, timeout = s.env.apply_timeout,
           inventory = {all = {hosts = {[name] = {
             ansible_host = "127.0.0.1", ansible_port = s.state.ssh_port, ansible_user = s.env.user,
             ansible_ssh_private_key_file = s.state.key, ansible_become = true,
             ansible_ssh_common_args = "-o UserKnownHostsFile=" .. s.state.known_hosts .. " -o StrictHostKeyChecking=no",
             ansible_python_interpreter = "/usr/bin/python3"}}}},
+          extra_vars_files = files,
           extra_vars = {bomarun_boot_id_before = s.state.boot_id, bomarun_boot_id_after = s.state.boot_id_after_reboot},
           prefix = "[verify]"}
         s:gate(res.ok, "verify playbook: " .. res.msg)
