@@ -179,6 +179,11 @@ return runbook{
         if st and st ~= "shutoff" then d:destroy() end
         local ok, uerr, code = d:undefine{snapshots = true}
         if not ok and code ~= "VIR_ERR_NO_DOMAIN" then return nil, uerr end
+        -- libvirt keeps qemu's log after undefine: it joins the evidence.
+        local qlog = "/var/log/libvirt/qemu/" .. d.name .. ".log"
+        if host.exists(qlog) then
+          proc.run{argv = {"mv", qlog, s.run.dir .. "/qemu-" .. d.name .. ".log"}, timeout = 30}
+        end
         return true
       end)
       s:gate(d:start())

@@ -33,14 +33,26 @@ local function run_dir_of(parent)
   return dirs[1]
 end
 
+-- The value a run captured under `key` (from its journal).
+local function captured(dir, key)
+  local v
+  for _, e in ipairs(events(dir)) do
+    if e.type == "capture" and e.key == key then v = e.value end
+  end
+  return v
+end
+
 -- Nothing of a run left in libvirt, on disk or as a qemu process.
-local function assert_nothing_left(c, run_id, workdir)
+local function assert_nothing_left(c, dir, workdir)
+  local run_id = assert(json.decode(util.read(dir .. "/report.json"))).run.id
+  local name = assert(captured(dir, "vm_name"), "the run captured its VM's name")
   for _, d in ipairs(assert(c:domains())) do
     assert.is_false(d.owner ~= nil and d.owner.run == run_id, "domain " .. d.name .. " of run " .. run_id .. " left")
+    assert.are_not.equal(name, d.name)
   end
   local ls = proc.run{shell = "ls -A " .. workdir .. " 2>/dev/null | grep -c . || true"}
   assert.equal("0", (ls.stdout:gsub("%s", "")), "files left in " .. workdir)
-  local ps = proc.run{argv = {"pgrep", "-f", "qemu-system.*guest=bomarun-it-"}}
+  local ps = proc.run{argv = {"pgrep", "-f", "qemu-system.*guest=" .. name .. ","}}
   assert.equal(1, ps.code, "a qemu process is left: " .. ps.stdout)
 end
 
@@ -94,7 +106,6 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
                             "--set", "workdir=" .. workdir .. "/vms"}, {cwd = SRC, timeout = 1500})
     local dir = run_dir_of(runs)
     assert.equal(0, r.code, r.stdout .. r.stderr .. "\n" .. (util.read(dir .. "/summary.txt") or ""))
-    local report = assert(json.decode(util.read(dir .. "/report.json")))
     local ev = events(dir)
     local boot_ids, snapshot
     for _, e in ipairs(ev) do
@@ -106,7 +117,8 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
     assert.are_not.equal(boot_ids[1], boot_ids[2])
     assert.equal("Snapshot 1", snapshot)
     assert.matches("IT.5", util.read(dir .. "/summary.txt"), 1, true)
-    assert_nothing_left(c, report.run.id, workdir .. "/vms")
+    assert_nothing_left(c, dir, workdir .. "/vms")
+    assert.truthy(host.exists(dir .. "/qemu-" .. captured(dir, "vm_name") .. ".log"), "qemu's log kept as evidence")
   end)
 
   -- Start the cycle, wait until the guest is booting, interrupt it.
@@ -115,10 +127,15 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
     local argv = {BIN, SRC .. "/runbooks/vm-integration.lua", "--profile", "local-vm", "--run-dir", runs,
                   "--set", "workdir=" .. workdir .. "/vms"}
     for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
-    local booting = false
-    local p = assert(proc.spawn{argv = argv, cwd = SRC, quiet = true, keep = true,
-                                on_line = function(l) booting = booting or l:find("it.4", 1, true) ~= nil end})
-    util.wait_for(function() return booting end, 300, "the cycle to reach it.4 (booting)")
+    local p = assert(proc.spawn{argv = argv, cwd = SRC, quiet = true, keep = true})
+    -- the guest is booting once it.4 (wait for ssh) has started
+    util.wait_for(function()
+      local dirs = util.run_dirs(runs)
+      if #dirs ~= 1 then return false end
+      for _, e in ipairs(events(dirs[1])) do
+        if e.type == "step_start" and e.id == "it.4" then return true end
+      end
+    end, 300, "the cycle to reach it.4 (booting)")
     task.sleep(2)
     p:kill("INT")
     local r = p:wait()
@@ -133,8 +150,7 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
       if e.type == "cleanup_end" then ends[#ends + 1] = e.status end
     end
     assert.same({"DONE", "DONE"}, ends)
-    local report = assert(json.decode(util.read(dir .. "/report.json")))
-    assert_nothing_left(c, report.run.id, workdir .. "/vms")
+    assert_nothing_left(c, dir, workdir .. "/vms")
   end)
 
   it("keeps the VM and its files with --keep", function()
@@ -148,7 +164,7 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
     local removed = assert(c:prune{run = kept.owner.run, files = workdir .. "/vms"})
     assert.is_true(#removed >= 1)
     proc.run{argv = {"rm", "-rf", workdir .. "/vms"}}
-    assert_nothing_left(c, kept.owner.run, workdir .. "/vms")
+    assert_nothing_left(c, dir, workdir .. "/vms")
   end)
 
   it("refuses a second cycle on the host, naming the holder", function()

@@ -7,13 +7,14 @@
 #   qemu-guest-agent python3-cffi-backend sudo iproute2 (cloud-init brings
 #   python3, which Ansible needs; it fails to configure without
 #   python3-cffi-backend); systemd-networkd DHCP on en*; cloud-init with
-#   datasource_list [NoCloud, None], network config disabled, locale module
-#   off and LANG=C.UTF-8 (else `cloud-init status` reports an error); no ssh
-#   host keys (cloud-init makes them on first boot); an empty machine-id.
-#   The root filesystem is ext4 made by `mke2fs -d` on a sparse file (no loop
-#   device, no partition table: boot with root=/dev/vda), then
-#   `qemu-img convert -c -O qcow2`.  The kernel and initrd are copied out of
-#   it for direct kernel boot.
+#   datasource_list [NoCloud, None], network config disabled, the locale
+#   left as it is (C.UTF-8, which LANG in /etc/default/locale also says:
+#   else `cloud-init status` reports an error) and the hostname in
+#   /etc/hosts; no ssh host keys (cloud-init makes them on first boot); an
+#   empty machine-id.  The root filesystem is ext4 made by `mke2fs -d` on a
+#   sparse file (no loop device, no partition table: boot with
+#   root=/dev/vda), then `qemu-img convert -c -O qcow2`.  The kernel and
+#   initrd are copied out of it for direct kernel boot.
 #
 # Usage:  image.sh [CACHE_DIR]
 #   CACHE_DIR  default $BOMARUN_GUEST_IMAGE_CACHE or ~/.cache/bomarun/guest-image
@@ -90,7 +91,7 @@ find_mirror() {
       }' "$f"
   done
 }
-MIRROR=${BOMARUN_GUEST_MIRROR:-$(find_mirror | head -1)}
+MIRROR=${BOMARUN_GUEST_MIRROR:-$(find_mirror | sed -n 1p)}
 [ -n "$MIRROR" ] || die "no enabled 'deb' source for $SUITE in /etc/apt/sources.list{,.d/*}: set BOMARUN_GUEST_MIRROR"
 MIRROR=${MIRROR%/}
 
@@ -99,6 +100,22 @@ OUT="$CACHE/$KEY"
 mkdir -p "$CACHE"
 
 verify() { [ -f "$1/SHA512SUMS" ] && (cd "$1" && sha512sum --quiet --strict -c SHA512SUMS >/dev/null 2>&1); }
+
+# unmount_all DIR: unmount whatever debootstrap (or we) left mounted under
+# DIR (it bind-mounts the host's /dev when it finds /.dockerenv): removing
+# files through such a mount would delete the host's device nodes.  True
+# when nothing is mounted under DIR any more.
+unmount_all() {
+  local m
+  awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done
+  ! awk -v p="$1/" 'index($2, p) == 1 { f = 1 } END { exit !f }' /proc/mounts
+}
+# remove_build DIR: a build directory, unmounted first; kept if that fails.
+remove_build() {
+  if unmount_all "$1"; then rm -rf --one-file-system "$1"; else log "still mounted under $1: not removing it"; fi
+}
 
 # One build per cache at a time; a second caller waits, then reuses.
 exec 9>"$CACHE/.lock"
@@ -110,6 +127,11 @@ if verify "$OUT"; then
   exit 0
 fi
 
+# What a killed build left behind (we hold the lock: no build is running).
+for d in "$CACHE"/.build.*; do
+  if [ -d "$d" ]; then remove_build "$d"; fi
+done
+
 BUILD_LOG="$CACHE/build.log"
 : >"$BUILD_LOG"
 T_ALL=$(now)
@@ -117,27 +139,16 @@ log "building the guest image $KEY from $MIRROR ($SUITE) (log: $BUILD_LOG)"
 TMP=$(mktemp -d "$CACHE/.build.XXXXXX")
 ROOT="$TMP/rootfs"
 
-# Unmount whatever debootstrap (or we) left mounted under $TMP (it bind-mounts
-# /dev when it finds /.dockerenv): removing files through a bind mount of
-# the host's /dev would delete the host's device nodes.
-unmount_all() {
-  local m
-  for m in $(awk -v p="$TMP/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-  done
-  ! awk -v p="$TMP/" 'index($2, p) == 1 { f = 1 } END { exit !f }' /proc/mounts
-}
 cleanup() {
   local rc=$?
-  if [ -d "$TMP" ]; then
-    if unmount_all; then rm -rf --one-file-system "$TMP"; else log "still mounted under $TMP: not removing it"; fi
-  fi
+  if [ -d "$TMP" ]; then remove_build "$TMP"; fi
   if [ "$rc" -ne 0 ]; then
     tail -25 "$BUILD_LOG" >&2 || true
     log "ERROR: the image build failed (log: $BUILD_LOG)"
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 # run DESCRIPTION CMD...: CMD's output to the build log; fail naming it.
 run() {
   local what=$1; shift
@@ -151,14 +162,16 @@ mkdir -p "$CACHE/debs" "$ROOT"
 include=$(IFS=,; echo "${PKGS[*]}")
 run debootstrap debootstrap --variant=minbase --include="$include" \
   --cache-dir="$CACHE/debs" "$SUITE" "$ROOT" "$MIRROR"
-unmount_all || die "debootstrap left mounts under $TMP"
+unmount_all "$TMP" || die "debootstrap left mounts under $TMP"
 log "debootstrap: $(elapsed "$T") s"
 
 # --- configuration ----------------------------------------------------------
 T=$(now)
+# No fsck (pass 0): the root is mounted rw by the initramfs (root=/dev/vda
+# rw) and every guest's disk is a throwaway overlay.
 cat >"$ROOT/etc/fstab" <<'F'
 # bomarun guest image: the whole virtio disk is the root filesystem
-/dev/vda  /  ext4  rw,errors=remount-ro  0 1
+/dev/vda  /  ext4  rw,errors=remount-ro  0 0
 F
 echo debian >"$ROOT/etc/hostname"
 cat >"$ROOT/etc/hosts" <<'F'
@@ -183,11 +196,18 @@ ExecStart=
 ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30
 F
 # cloud-init: NoCloud seed (a cidata ISO or disk), else nothing; networkd
-# already does DHCP; no locale generation (the locales package is absent).
+# already does DHCP; the instance's hostname in /etc/hosts (else sudo and
+# Ansible's facts complain that it does not resolve: there is no DNS behind
+# restrict=on).  The locale: the locales package is absent, so cc_locale
+# must not run locale-gen.  `locale: false` skips the module but fails
+# cloud-init's schema (a WARNING "Invalid cloud-config provided" in
+# /var/log/cloud-init.log on every boot); `locale: C.UTF-8`, equal to what
+# /etc/default/locale already says, is valid and makes the module a no-op.
 cat >"$ROOT/etc/cloud/cloud.cfg.d/90-bomarun.cfg" <<'F'
 datasource_list: [NoCloud, None]
 network: {config: disabled}
-locale: false
+locale: C.UTF-8
+manage_etc_hosts: true
 F
 echo 'LANG=C.UTF-8' >"$ROOT/etc/default/locale"
 # Per-instance identity is made on first boot.

@@ -12,7 +12,8 @@
 #   ssh      until ssh answers (every probe bounded by `timeout 15`)
 #   cloud-init  `cloud-init status --wait`, the boot_id
 #   reboot   `virsh reboot`, until ssh answers with another boot_id
-#   agent    guest-ping through the qemu guest agent
+#   agent    `virsh guestinfo --hostname` (through the qemu guest agent)
+#            names the domain
 #   teardown destroy, undefine, remove every file; check no qemu is left
 #
 # Usage:  smoke.sh [STATE_DIR]   (default $BOMARUN_LIBVIRT_DIR or /tmp/bomarun-libvirt)
@@ -23,11 +24,13 @@
 #   BOMARUN_SMOKE_DEADLINE (seconds for each boot to reach ssh, default 300).
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib/common.sh"
-case "${1:-}" in -h|--help) sed -n '2,25p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,24p' "$0"; exit 0 ;; esac
 STATE=$(lv_state_dir "${1:-}")
 BOOT_DEADLINE=${BOMARUN_SMOKE_DEADLINE:-300}
 
-ours libvirtd && answers || die "libvirtd from $STATE is not running: run scripts/virt-stack start $STATE"
+if ! ours libvirtd || ! answers; then
+  die "libvirtd from $STATE is not running: run scripts/virt-stack start $STATE"
+fi
 for t in virsh qemu-img xorriso ssh ssh-keygen python3; do
   command -v "$t" >/dev/null || die "$t is missing: run scripts/virt-stack install"
 done
@@ -137,6 +140,7 @@ cat >"$WORK/domain.xml" <<XML
     <rng model='virtio'>
       <backend model='random'>/dev/urandom</backend>
     </rng>
+    <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
   <seclabel type='static' model='dac' relabel='no'>
@@ -194,8 +198,17 @@ ci=$(timeout 300 "${SSH[@]}" cloud-init status --wait </dev/null 2>&1) || { echo
 ci=$(echo "$ci" | tail -1)
 [ "$ci" = "status: done" ] || die "cloud-init: $ci"
 phase_done cloud-init "$T"
-gssh sudo -n true || die "passwordless sudo does not work"
-log "cloud-init: $ci; sudo works; $(gssh 'python3 --version; uname -r' | tr '\n' ' ')"
+# A clean first boot: no warning or error in cloud-init's log.
+ciwarn=$(gssh "sudo grep -E '\\[(WARNING|ERROR|CRITICAL)\\]' /var/log/cloud-init.log" || true)
+if [ -n "$ciwarn" ]; then echo "$ciwarn" >&2; die "cloud-init logged warnings or errors"; fi
+[ "$(gssh sudo -n id -u)" = 0 ] || die "passwordless sudo does not work"
+sysstate=$(gssh systemctl is-system-running --wait || true)
+if [ "$sysstate" != running ]; then
+  gssh systemctl --failed --no-legend >&2 || true
+  die "the guest's systemd is $sysstate, not running"
+fi
+log "cloud-init $ci; systemd $sysstate; sudo works; $(gssh 'python3 --version; uname -r' | tr '\n' ' ')"
+log "qemu resident memory: $(( $(rss_kb "$QPID") / 1024 )) MiB"
 log "boot_id $BOOT1"
 
 # --- reboot -------------------------------------------------------------------------
@@ -208,7 +221,7 @@ log "boot_id after reboot $BOOT2"
 # --- guest agent ----------------------------------------------------------------------
 T=$(now)
 deadline=$(( $(date +%s) + 60 ))
-until virsh -c "$URI" qemu-agent-command "$NAME" '{"execute":"guest-ping"}' --timeout 5 >/dev/null 2>&1; do
+until [ "$(virsh -c "$URI" guestinfo "$NAME" --hostname 2>/dev/null | awk '$1 == "hostname" { print $3 }')" = "$NAME" ]; do
   [ "$(date +%s)" -lt "$deadline" ] || die "the guest agent did not answer within 60 s"
   sleep 1
 done
@@ -218,7 +231,7 @@ phase_done agent "$T"
 T=$(now)
 virsh -c "$URI" destroy "$NAME" >/dev/null
 virsh -c "$URI" undefine "$NAME" >/dev/null
-for i in $(seq 1 50); do [ -d "/proc/$QPID" ] || break; sleep 0.1; done
+for _ in $(seq 1 50); do [ -d "/proc/$QPID" ] || break; sleep 0.1; done
 [ ! -d "/proc/$QPID" ] || die "qemu (pid $QPID) still running after destroy"
 phase_done destroy+undefine "$T"
 if virsh -c "$URI" list --all --name | grep -qxF "$NAME"; then die "domain $NAME still defined"; fi

@@ -23,7 +23,7 @@
 # See smoke.sh and README.md.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib/common.sh"
-case "${1:-}" in -h|--help) sed -n '2,24p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,23p' "$0"; exit 0 ;; esac
 STATE=$(lv_state_dir "${1:-}")
 
 [ "$(id -u)" -eq 0 ] || die "qemu:///system needs root"
@@ -63,7 +63,7 @@ fi
 # start_daemon NAME CMD...: CMD daemonises itself and writes its PID file;
 # its log (LIBVIRT_LOG_OUTPUTS: warnings and errors) goes to log/NAME.log.
 start_daemon() {
-  local name=$1 i pid=""; shift
+  local name=$1 pid=""; shift
   rm -f "$STATE/run/$name.pid" "$STATE/run/$name.start"
   echo "--- $(date -u +%FT%TZ) start" >>"$STATE/log/$name.log"
   if ! LIBVIRT_LOG_OUTPUTS="3:file:$STATE/log/$name.log" \
@@ -71,12 +71,15 @@ start_daemon() {
     tail -20 "$STATE/log/$name.log" >&2 || true
     die "$name failed to start (log: $STATE/log/$name.log)"
   fi
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     pid=$(pid_of "$name")
     [ -n "$pid" ] && [ -d "/proc/$pid" ] && break
     sleep 0.1
   done
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] || { tail -20 "$STATE/log/$name.log" >&2 || true; die "$name wrote no PID file (log: $STATE/log/$name.log)"; }
+  if [ -z "$pid" ] || [ ! -d "/proc/$pid" ]; then
+    tail -20 "$STATE/log/$name.log" >&2 || true
+    die "$name wrote no PID file, or exited (log: $STATE/log/$name.log)"
+  fi
   starttime "$pid" >"$STATE/run/$name.start"
   log "$name started (pid $pid)"
 }

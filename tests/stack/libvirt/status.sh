@@ -7,7 +7,7 @@
 # Usage:  status.sh [STATE_DIR]   (default $BOMARUN_LIBVIRT_DIR or /tmp/bomarun-libvirt)
 set -uo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib/common.sh"
-case "${1:-}" in -h|--help) sed -n '2,6p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,7p' "$0"; exit 0 ;; esac
 STATE=$(lv_state_dir "${1:-}")
 rc=0
 for name in virtlogd libvirtd; do

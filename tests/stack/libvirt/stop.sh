@@ -15,11 +15,11 @@ STATE=$(lv_state_dir "${1:-}")
 [ -f "$STATE/$MARKER" ] || die "$STATE was not made by start.sh"
 
 if q=$(qemu_pids) && [ -n "$q" ]; then
-  log "domains still running (they keep running without libvirtd): $(echo $q)"
+  log "domains still running (they keep running without libvirtd): $(tr "\n" " " <<<"$q")"
 fi
 
 stop_one() { # NAME
-  local name=$1 pid i
+  local name=$1 pid
   pid=$(pid_of "$name")
   if [ -z "$pid" ]; then return 0; fi
   if ! ours "$name"; then
@@ -28,7 +28,7 @@ stop_one() { # NAME
     return 0
   fi
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 75); do
+  for _ in $(seq 1 75); do
     [ -d "/proc/$pid" ] || break
     sleep 0.2
   done
