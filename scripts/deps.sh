@@ -17,8 +17,12 @@ PKGS=(
   clang libclang-rt-14-dev          # libFuzzer, for tests/fuzz/run.sh (build-fuzz)
   libvirt-dev         # bomarun.virt (the _virt module, loaded on first require)
   qemu-utils xorriso  # bomarun.virt: qcow2 overlays (qemu-img), NoCloud seed ISOs
-  kubernetes-client   # kubectl: checks the Kubernetes replay server answers a real client
 )
+
+# kubectl (checks that the Kubernetes replay server answers a real client):
+# Debian's kubernetes-client, unless a kubectl from another package is
+# already installed (the two packages both ship /usr/bin/kubectl).
+command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
 
 missing=()
 for p in "${PKGS[@]}"; do
