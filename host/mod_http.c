@@ -235,6 +235,9 @@ static void check_done(void)
         if (r->waiting) {
             lua_State *co = sched_wait_state(&r->w);
             r->waiting = 0;
+            /* (a transfer that finishes inside curl's timer callback, before
+             * the turn's I/O poll: sched's make_ready stops the loop's turn
+             * so the poll does not block while the task is ready) */
             sched_complete(&r->w, push_outcome(co, r, msg->data.result));
         }
         req_free(r);

@@ -17,6 +17,10 @@ case "$where" in
   "$share"/lua/engine/bomarun/runner/init.lua) ;;
   *) echo "installed binary loaded its library from $where"; exit 1 ;;
 esac
+# The libvirt module is installed beside the library and loads on demand.
+virt=$(cd /tmp && "$prefix/bin/bomarun" -e 'local v = require "bomarun.virt"; local c = assert(v.connect()); print(c.uri); c:close()')
+[ "$virt" = "test:///default" ] || { echo "the installed bomarun_virt.so did not load: $virt"; exit 1; }
+[ -f "$prefix/lib/bomarun/"*/bomarun_virt.so ] || { echo "bomarun_virt.so not installed under lib/bomarun/"; exit 1; }
 cd "$prefix"
 "$prefix/bin/bomarun" "$share/examples/first-run.lua" --run-dir "$prefix/runs" > out.txt
 grep -q "profile local" out.txt || { echo "the installed profile was not found"; cat out.txt; exit 1; }

@@ -4,7 +4,8 @@
 #   server.crt/server.key    the apiserver's certificate: 127.0.0.1 and localhost
 #   client.crt/client.key    a client certificate, CN=admin O=system:masters
 #                            (what Magnum signs for `coe cluster config`)
-#   rogue-ca.*, rogue-client.*  a client certificate from another CA (refused)
+#   rogue-ca.*, rogue-client.*  a client certificate from another CA (the
+#                            server's authenticator answers it 401, as an apiserver)
 # Usage: certs.sh DIR
 set -eu
 d=${1:?usage: certs.sh DIR}

@@ -5,9 +5,9 @@ No kube-apiserver can run here, so this answers as one from recorded real
 responses (../shared/data/k8s-recorded/, each file's source in its README,
 and recorded/ beside this script): HTTPS on 127.0.0.1 with a CA it makes
 (certs.sh), client-certificate authentication (a certificate signed by that
-CA, or the bearer token given with --token; without either every request
-gets the recorded 401 Status, as from an apiserver; a certificate from
-another CA fails the TLS handshake).
+CA, or the bearer token given with --token; without either, or with a
+certificate from another CA, every request gets the recorded 401 Status,
+as from an apiserver).
 
   replay_server.py --data DIR --certs DIR [--routes FILE] [--token T] [--port N]
 
@@ -40,7 +40,7 @@ Control (needs the same authentication):
                           user, content_type, accept, user_agent, body)
   DELETE /_replay/requests
 """
-import argparse, base64, copy, json, os, re, socket, ssl, subprocess, sys, threading, time, uuid
+import argparse, base64, copy, io, json, os, re, ssl, subprocess, threading, time, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse, parse_qsl
 
@@ -294,6 +294,7 @@ class Handler(BaseHTTPRequestHandler):
     state = None
     token = None
     status_404 = None
+    client_ca_cn = "bomarun-replay-ca"
 
     def log_message(self, *args):
         pass
@@ -369,8 +370,14 @@ class Handler(BaseHTTPRequestHandler):
     def user(self):
         cert = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
         if cert:
-            subject = dict(x[0] for x in cert.get("subject", ()))
-            return "x509:" + subject.get("commonName", "?")
+            # The x509 authenticator: only the cluster CA's certificates
+            # name a user; another CA's is no credential at all (the
+            # apiserver logs "certificate signed by unknown authority" and
+            # the request is unauthenticated).
+            issuer = dict(x[0] for x in cert.get("issuer", ()))
+            if issuer.get("commonName") == self.client_ca_cn:
+                subject = dict(x[0] for x in cert.get("subject", ()))
+                return "x509:" + subject.get("commonName", "?")
         auth = self.headers.get("Authorization") or ""
         if self.token and auth == "Bearer " + self.token:
             return "token"
@@ -392,10 +399,20 @@ class Handler(BaseHTTPRequestHandler):
         if user is None:
             raw = self.state.load("status-401-unauthorized-aks.json")
             return self.send_obj(401, json.loads(raw), raw)
-        if u.path.startswith("/_replay/"):
-            return self.control(u.path, body)
-        with LOCK:
-            return self.api(u.path, query, body)
+        # The answer is made under the lock and written after it: a client
+        # slow to read holds up nobody else.
+        real, self.wfile = self.wfile, io.BytesIO()
+        try:
+            if u.path.startswith("/_replay/"):
+                self.control(u.path, body)
+            else:
+                with LOCK:
+                    self.api(u.path, query, body)
+            out = self.wfile.getvalue()
+        finally:
+            self.wfile = real
+        real.write(out)
+        real.flush()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = handle_one
 
@@ -679,8 +696,15 @@ def main():
         Handler.status_404 = json.load(f)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(os.path.join(args.certs, "server.crt"), os.path.join(args.certs, "server.key"))
+    # As an apiserver: a client certificate is asked for but not required
+    # (a token is another credential).  The TLS layer accepts the cluster
+    # CA's certificates and the "other CA" ones certs.sh makes, so those
+    # reach the authenticator (user()) and get the apiserver's 401 rather
+    # than a failed handshake.
     ctx.load_verify_locations(os.path.join(args.certs, "ca.crt"))
-    ctx.verify_mode = ssl.CERT_OPTIONAL   # as an apiserver: a certificate if given, else other credentials
+    if os.path.exists(os.path.join(args.certs, "rogue-ca.crt")):
+        ctx.load_verify_locations(os.path.join(args.certs, "rogue-ca.crt"))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
     srv = Server(("127.0.0.1", args.port), Handler)
     srv.ctx = ctx
     print(srv.server_address[1], flush=True)

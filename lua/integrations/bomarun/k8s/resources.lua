@@ -86,9 +86,8 @@ end
 
 --- The resource a manifest belongs to, from its apiVersion and kind.
 ---@param manifest table
----@param versions? table<string, string>
 ---@return bomarun.K8sResource
-function M.of_manifest(manifest, versions)
+function M.of_manifest(manifest)
   if type(manifest) ~= "table" or type(manifest.kind) ~= "string" or type(manifest.apiVersion) ~= "string" then
     error("k8s: a manifest needs apiVersion and kind", 3)
   end
