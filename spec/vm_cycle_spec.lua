@@ -167,6 +167,29 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
     assert_nothing_left(c, dir, workdir .. "/vms")
   end)
 
+  it("takes a disk-only snapshot of a shut-off domain on the real daemon", function()
+    local disk = workdir .. "/disk.qcow2"
+    assert.equal(0, proc.run{argv = {"qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"}}.code)
+    local d = assert(c:define({name = "bomarun-it-snap-" .. host.random_hex(3), memory = 128, vcpus = 1,
+                               disks = {{path = disk}}, run_as_root = true},
+                              {owner = virt.owner{run = "spec-disk-only"}}))
+    finally(function()
+      d:undefine{snapshots = true}
+      proc.run{argv = {"rm", "-rf", workdir}}
+    end)
+    local snap = assert(d:snapshot{name = "Snapshot 1", disk_only = true, description = "baseline"})
+    assert.equal("Snapshot 1", snap.name)
+    assert.is_true(math.abs(snap.created - os.time()) < 60)
+    local list = assert(d:snapshots())
+    assert.equal(1, #list)
+    assert.is_true(list[1].disk_only)
+    assert.equal("baseline", list[1].description)
+    -- the disk now writes to an external overlay next to the original
+    assert.matches(workdir:gsub("%p", "%%%0") .. "/disk%.[^']*'", assert(d:xml()))
+    assert(c:prune{run = "spec-disk-only", files = workdir})
+    assert.equal("VIR_ERR_NO_DOMAIN", select(3, c:domain(d.name)))
+  end)
+
   it("refuses a second cycle on the host, naming the holder", function()
     local lockdir = workdir .. "/lock"
     assert(host.mkdir(lockdir))
