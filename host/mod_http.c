@@ -235,10 +235,13 @@ static void check_done(void)
         if (r->waiting) {
             lua_State *co = sched_wait_state(&r->w);
             r->waiting = 0;
-            /* (a transfer that finishes inside curl's timer callback, before
-             * the turn's I/O poll: sched's make_ready stops the loop's turn
-             * so the poll does not block while the task is ready) */
             sched_complete(&r->w, push_outcome(co, r, msg->data.result));
+            /* A transfer can finish inside the curl timer callback, which
+             * libuv (1.44) runs before it polls for I/O in the same
+             * UV_RUN_ONCE turn: without this the turn would block in the
+             * poll (while a child process keeps the loop alive) although
+             * the task is ready.  uv_stop makes that poll not wait. */
+            uv_stop(sched_loop());
         }
         req_free(r);
     }

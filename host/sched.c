@@ -83,13 +83,6 @@ static void make_ready(struct bm_task *t, int nargs)
     else
         ready_head = t;
     ready_tail = t;
-    /* A task made ready inside a libuv callback that runs before the I/O
-     * poll of the same turn (a timer: curl's 0 ms timer finishing a
-     * transfer) must not wait for that poll to block: uv_stop makes this
-     * uv_run turn poll without waiting and return to run_ready.  Outside
-     * uv_run it makes the next turn return at once, which is harmless: the
-     * ready task runs first either way. */
-    uv_stop(g_loop);
 }
 
 static struct bm_task *ready_pop(void)

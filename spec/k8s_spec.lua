@@ -3,7 +3,7 @@
 -- No kube-apiserver can run here (Debian ships only kubectl), so the spec
 -- starts tests/stack/k8s/replay_server.py: HTTPS on 127.0.0.1 (a random
 -- free port) with a CA it makes, client-certificate authentication, and the
--- recordings in ../shared/data/k8s-recorded (relative to the repository;
+-- recordings in tests/data/k8s-recorded (a copy of the shared recordings;
 -- each file's source is in its README) served as an apiserver sends them.
 -- The server is stopped by its PID when the spec ends.  Addresses inside
 -- the recordings (node IPs, load-balancer IPs) are read, never contacted.
@@ -17,7 +17,7 @@ local task = require "bomarun.task"
 local util = require "support.util"
 
 local SRC = os.getenv("BOMARUN_SOURCE") or "."
-local DATA = os.getenv("BOMARUN_K8S_RECORDED") or (SRC .. "/../shared/data/k8s-recorded")
+local DATA = os.getenv("BOMARUN_K8S_RECORDED") or (SRC .. "/tests/data/k8s-recorded")
 local SERVER_PY = SRC .. "/tests/stack/k8s/replay_server.py"
 local TOKEN = "replay-bearer-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
 

@@ -2,7 +2,7 @@
 """A Kubernetes API replay server for bomarun's Kubernetes tests.
 
 No kube-apiserver can run here, so this answers as one from recorded real
-responses (../shared/data/k8s-recorded/, each file's source in its README,
+responses (tests/data/k8s-recorded/, each file's source in its README,
 and recorded/ beside this script): HTTPS on 127.0.0.1 with a CA it makes
 (certs.sh), client-certificate authentication (a certificate signed by that
 CA, or the bearer token given with --token; without either, or with a
@@ -680,7 +680,7 @@ class Server(ThreadingHTTPServer):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True, help="the recordings (../shared/data/k8s-recorded)")
+    ap.add_argument("--data", required=True, help="the recordings (tests/data/k8s-recorded)")
     ap.add_argument("--certs", required=True, help="directory for the CA and certificates (made if absent)")
     ap.add_argument("--routes", default=os.path.join(HERE, "routes.json"))
     ap.add_argument("--token", help="also accept this bearer token")
