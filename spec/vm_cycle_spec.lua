@@ -134,6 +134,9 @@ describe("the VM integration cycle (real libvirtd, real guest)", function()
       if #dirs ~= 1 then return false end
       for _, e in ipairs(events(dirs[1])) do
         if e.type == "step_start" and e.id == "it.4" then return true end
+        if e.type == "run_end" then   -- it ended before booting: say why at once
+          error("the cycle ended before it.4:\n" .. (util.read(dirs[1] .. "/summary.txt") or "(no summary)"))
+        end
       end
     end, 300, "the cycle to reach it.4 (booting)")
     task.sleep(2)
