@@ -10,15 +10,8 @@ local task = require "bomarun.task"
 
 local M = {}
 
-local function str(v)
-  if type(v) == "string" and v ~= "" then return v end
-  return nil
-end
-
-local function tbl(v)
-  if type(v) == "table" then return v end
-  return {}
-end
+local util = require "bomarun.k8s.util"
+local str, tbl = util.str, util.tbl
 
 ---@class bomarun.K8sCondition
 ---@field type string

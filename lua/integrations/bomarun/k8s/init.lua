@@ -53,10 +53,8 @@ local IDEMPOTENT = {GET = true, HEAD = true}
 local TRANSIENT_HTTP = {[429] = true, [500] = true, [502] = true, [503] = true, [504] = true}
 local TRANSIENT_CODE = {RESET = true, TIMEOUT = true}
 
-local function str(v)
-  if type(v) == "string" and v ~= "" then return v end
-  return nil
-end
+local util = require "bomarun.k8s.util"
+local str = util.str
 
 -- The error of a non-2xx response: the Status object's message and
 -- reason when the body is one.

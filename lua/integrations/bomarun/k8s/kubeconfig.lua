@@ -28,10 +28,8 @@ local M = {}
 ---@field user? string
 ---@field source? string         the kubeconfig file
 
-local function str(v)
-  if type(v) == "string" and v ~= "" then return v end
-  return nil
-end
+local util = require "bomarun.k8s.util"
+local str = util.str
 
 local function read(path)
   local f, err = io.open(path, "rb")

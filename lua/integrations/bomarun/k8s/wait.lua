@@ -16,15 +16,8 @@ local task = require "bomarun.task"
 
 local M = {}
 
-local function str(v)
-  if type(v) == "string" and v ~= "" then return v end
-  return nil
-end
-
-local function tbl(v)
-  if type(v) == "table" then return v end
-  return {}
-end
+local util = require "bomarun.k8s.util"
+local str, tbl = util.str, util.tbl
 
 local function cut(s, n)
   s = tostring(s or ""):gsub("%s+", " ")
